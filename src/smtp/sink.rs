@@ -1,0 +1,27 @@
+//! The seam between the SMTP session and what happens to a message once DATA ends: the session
+//! calls `accept` and answers with what it returns. Owns no I/O itself.
+
+use async_trait::async_trait;
+
+use crate::spool::{Envelope, QueueId};
+
+/// Why a message was not accepted; each maps to one SMTP reply.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AcceptError {
+    /// The spool could not make the message durable (`451 4.3.0`). Try again later.
+    #[error("spool unavailable: {0}")]
+    Unavailable(String),
+    /// The disk is full (`452 4.3.1`).
+    #[error("insufficient storage: {0}")]
+    NoSpace(String),
+    /// The message can never be converted (`554 5.6.0`).
+    #[error("message rejected: {0}")]
+    Rejected(String),
+}
+
+/// Receives each complete message. `Ok` means the message is durable: only then may the session
+/// answer 250.
+#[async_trait]
+pub trait MessageSink: Send + Sync + 'static {
+    async fn accept(&self, envelope: Envelope, message: Vec<u8>) -> Result<QueueId, AcceptError>;
+}
