@@ -70,7 +70,9 @@ impl QueueId {
     pub fn parse(text: &str) -> Option<Self> {
         let ok = !text.is_empty()
             && text.len() <= 64
-            && text.bytes().all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(&b));
+            && text
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(&b));
         ok.then(|| QueueId(text.to_string()))
     }
 

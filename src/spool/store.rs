@@ -1,0 +1,502 @@
+//! The spool directories and every change made to them. Each change is ordered so that a crash
+//! at any point leaves either the old state or the new one, never a half-written message taken
+//! for a committed one. Synchronous: async callers run it on the blocking pool.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use tracing::{error, warn};
+
+use super::record::{Record, State};
+use super::{Envelope, QueueId};
+
+/// The spool areas a message can be in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Area {
+    Queue,
+    Failed,
+}
+
+impl Area {
+    fn dir_name(self) -> &'static str {
+        match self {
+            Area::Queue => "queue",
+            Area::Failed => "failed",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolError {
+    #[error("the spool's disk is full: {0}")]
+    NoSpace(#[source] io::Error),
+    #[error("spool I/O error on {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("no message {0} in the spool")]
+    NotFound(QueueId),
+}
+
+impl SpoolError {
+    fn io(path: &Path, source: io::Error) -> Self {
+        if is_no_space(&source) {
+            SpoolError::NoSpace(source)
+        } else {
+            SpoolError::Io {
+                path: path.to_path_buf(),
+                source,
+            }
+        }
+    }
+}
+
+fn is_no_space(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
+        || e.kind() == io::ErrorKind::StorageFull
+}
+
+/// A test seam: called before every file the spool writes, so a test can make writes fail (e.g.
+/// with ENOSPC) without root tricks.
+pub type WriteHook = Arc<dyn Fn(&Path) -> io::Result<()> + Send + Sync>;
+
+/// What the start-up scan found and did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ScanReport {
+    pub tmp_removed: usize,
+    pub orphans_removed: usize,
+    pub moves_finished: usize,
+    pub corrupt: usize,
+}
+
+#[derive(Clone)]
+pub struct Spool {
+    root: PathBuf,
+    write_hook: Option<WriteHook>,
+}
+
+impl std::fmt::Debug for Spool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Spool").field("root", &self.root).finish()
+    }
+}
+
+impl Spool {
+    /// Opens (creating if needed) the spool at `root`.
+    pub fn open(root: impl Into<PathBuf>) -> Result<Spool, SpoolError> {
+        let spool = Spool {
+            root: root.into(),
+            write_hook: None,
+        };
+        for dir in ["tmp", "queue", "failed", "corrupt"] {
+            let path = spool.root.join(dir);
+            fs::create_dir_all(&path).map_err(|e| SpoolError::io(&path, e))?;
+        }
+        Ok(spool)
+    }
+
+    pub fn with_write_hook(mut self, hook: WriteHook) -> Self {
+        self.write_hook = Some(hook);
+        self
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn dir(&self, name: &str) -> PathBuf {
+        self.root.join(name)
+    }
+
+    fn area_dir(&self, area: Area) -> PathBuf {
+        self.dir(area.dir_name())
+    }
+
+    fn eml_path(&self, area: Area, id: &QueueId) -> PathBuf {
+        self.area_dir(area).join(format!("{id}.eml"))
+    }
+
+    fn json_path(&self, area: Area, id: &QueueId) -> PathBuf {
+        self.area_dir(area).join(format!("{id}.json"))
+    }
+
+    /// Makes a new message durable in `queue/`. When this returns `Ok`, the message and its
+    /// record are on disk and survive a power cut: only then may SMTP answer 250.
+    pub fn commit(
+        &self,
+        envelope: &Envelope,
+        message: &[u8],
+        now: SystemTime,
+    ) -> Result<Record, SpoolError> {
+        let id = QueueId::generate();
+        let record = Record::new(id.clone(), envelope.clone(), message.len() as u64, now);
+        let tmp_eml = self.dir("tmp").join(format!("{id}.eml"));
+        let tmp_json = self.dir("tmp").join(format!("{id}.json"));
+        let result = self
+            .write_synced(&tmp_eml, message)
+            .and_then(|()| self.write_synced(&tmp_json, &record.to_json()))
+            .and_then(|()| rename(&tmp_eml, &self.eml_path(Area::Queue, &id)))
+            // The record's rename is the commit point.
+            .and_then(|()| rename(&tmp_json, &self.json_path(Area::Queue, &id)))
+            .and_then(|()| sync_dir(&self.area_dir(Area::Queue)));
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp_eml);
+            let _ = fs::remove_file(&tmp_json);
+            let _ = fs::remove_file(self.eml_path(Area::Queue, &id));
+            let _ = fs::remove_file(self.json_path(Area::Queue, &id));
+        }
+        result.map(|()| record)
+    }
+
+    /// Rewrites a record where it lives (write to tmp, fsync, rename over, fsync dir).
+    pub fn update(&self, record: &Record) -> Result<(), SpoolError> {
+        let area = area_of(record.state);
+        let target = self.json_path(area, &record.id);
+        if !target.exists() {
+            return Err(SpoolError::NotFound(record.id.clone()));
+        }
+        self.replace_json(record, &target)
+    }
+
+    fn replace_json(&self, record: &Record, target: &Path) -> Result<(), SpoolError> {
+        let tmp = self
+            .dir("tmp")
+            .join(format!("{}.json.{}", record.id, std::process::id()));
+        self.write_synced(&tmp, &record.to_json())
+            .and_then(|()| rename(&tmp, target))
+            .and_then(|()| sync_dir(target.parent().unwrap_or(&self.root)))
+            .inspect_err(|_| {
+                let _ = fs::remove_file(&tmp);
+            })
+    }
+
+    /// Moves a message between `queue/` and `failed/` to match `record.state`. Ordered so that a
+    /// crash leaves a state `scan` can finish: new record, then the `.eml`, then the old record.
+    pub fn relocate(&self, record: &Record, from: Area) -> Result<(), SpoolError> {
+        let to = area_of(record.state);
+        if to == from {
+            return self.update(record);
+        }
+        let id = &record.id;
+        let from_eml = self.eml_path(from, id);
+        if !from_eml.exists() {
+            return Err(SpoolError::NotFound(id.clone()));
+        }
+        self.replace_json(record, &self.json_path(to, id))?;
+        rename(&from_eml, &self.eml_path(to, id))?;
+        remove(&self.json_path(from, id))?;
+        sync_dir(&self.area_dir(from))
+    }
+
+    /// Deletes a message from whichever area holds it. The record goes first, so a crash leaves
+    /// an uncommitted `.eml` that `scan` removes, never a record without its message.
+    pub fn remove(&self, id: &QueueId) -> Result<Area, SpoolError> {
+        for area in [Area::Queue, Area::Failed] {
+            let json = self.json_path(area, id);
+            if json.exists() {
+                remove(&json)?;
+                remove(&self.eml_path(area, id))?;
+                sync_dir(&self.area_dir(area))?;
+                return Ok(area);
+            }
+        }
+        Err(SpoolError::NotFound(id.clone()))
+    }
+
+    /// Reads one record, looking in `queue/` then `failed/`.
+    pub fn load(&self, id: &QueueId) -> Result<(Record, Area), SpoolError> {
+        for area in [Area::Queue, Area::Failed] {
+            let path = self.json_path(area, id);
+            match fs::read(&path) {
+                Ok(bytes) => {
+                    return Record::from_json(&bytes).map(|r| (r, area)).map_err(|e| {
+                        SpoolError::io(&path, io::Error::new(io::ErrorKind::InvalidData, e))
+                    });
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(SpoolError::io(&path, e)),
+            }
+        }
+        Err(SpoolError::NotFound(id.clone()))
+    }
+
+    /// The raw message as received.
+    pub fn read_message(&self, id: &QueueId, area: Area) -> Result<Vec<u8>, SpoolError> {
+        let path = self.eml_path(area, id);
+        fs::read(&path).map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => SpoolError::NotFound(id.clone()),
+            _ => SpoolError::io(&path, e),
+        })
+    }
+
+    /// Every readable record in an area, oldest first. Unreadable records are moved to
+    /// `corrupt/` with an ERROR line, never deleted.
+    pub fn list(&self, area: Area) -> Result<Vec<Record>, SpoolError> {
+        let dir = self.area_dir(area);
+        let mut records = Vec::new();
+        for id in self.ids_with(&dir, "json")? {
+            let path = self.json_path(area, &id);
+            let bytes = match fs::read(&path) {
+                Ok(bytes) => bytes,
+                // Removed between listing and reading (delivered, or `queue delete`).
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(SpoolError::io(&path, e)),
+            };
+            match Record::from_json(&bytes) {
+                Ok(record) if record.id == id => records.push(record),
+                Ok(_) => self.quarantine(area, &id, "record names another id"),
+                Err(e) => self.quarantine(area, &id, &e.to_string()),
+            }
+        }
+        records.sort_by(|a, b| a.received_at.cmp(&b.received_at).then(a.id.cmp(&b.id)));
+        Ok(records)
+    }
+
+    /// Start-up recovery: clears `tmp/`, removes uncommitted messages, finishes interrupted
+    /// moves and quarantines records whose message is gone.
+    pub fn scan(&self) -> Result<ScanReport, SpoolError> {
+        let mut report = ScanReport::default();
+        let tmp = self.dir("tmp");
+        for entry in fs::read_dir(&tmp).map_err(|e| SpoolError::io(&tmp, e))? {
+            let entry = entry.map_err(|e| SpoolError::io(&tmp, e))?;
+            remove(&entry.path())?;
+            report.tmp_removed += 1;
+        }
+        for area in [Area::Queue, Area::Failed] {
+            let other = match area {
+                Area::Queue => Area::Failed,
+                Area::Failed => Area::Queue,
+            };
+            let dir = self.area_dir(area);
+            for id in self.ids_with(&dir, "json")? {
+                if self.eml_path(area, &id).exists() {
+                    continue;
+                }
+                if self.eml_path(other, &id).exists() {
+                    // A move was cut short after its new record was written: finish it.
+                    rename(&self.eml_path(other, &id), &self.eml_path(area, &id))?;
+                    remove(&self.json_path(other, &id))?;
+                    report.moves_finished += 1;
+                } else if !self.json_path(other, &id).exists() {
+                    self.quarantine(area, &id, "its message file is missing");
+                    report.corrupt += 1;
+                }
+            }
+        }
+        for area in [Area::Queue, Area::Failed] {
+            let dir = self.area_dir(area);
+            for id in self.ids_with(&dir, "eml")? {
+                let committed = [Area::Queue, Area::Failed]
+                    .iter()
+                    .any(|a| self.json_path(*a, &id).exists());
+                if !committed {
+                    // Never committed, so never answered 250: nobody expects it delivered.
+                    remove(&self.eml_path(area, &id))?;
+                    report.orphans_removed += 1;
+                }
+            }
+            sync_dir(&dir)?;
+        }
+        Ok(report)
+    }
+
+    /// Moves a message's files to `corrupt/`, keeping them for a person to look at.
+    fn quarantine(&self, area: Area, id: &QueueId, why: &str) {
+        error!(queue_id = %id, reason = why, "unreadable spool record; moved to corrupt/");
+        let corrupt = self.dir("corrupt");
+        for ext in ["json", "eml"] {
+            let from = self.area_dir(area).join(format!("{id}.{ext}"));
+            if from.exists()
+                && let Err(e) = fs::rename(&from, corrupt.join(format!("{id}.{ext}")))
+            {
+                warn!(queue_id = %id, error = %e, "could not move to corrupt/");
+            }
+        }
+    }
+
+    /// Queue ids of the files in `dir` with extension `ext`; other names are ignored.
+    fn ids_with(&self, dir: &Path, ext: &str) -> Result<Vec<QueueId>, SpoolError> {
+        let mut ids = Vec::new();
+        for entry in fs::read_dir(dir).map_err(|e| SpoolError::io(dir, e))? {
+            let entry = entry.map_err(|e| SpoolError::io(dir, e))?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if let Some(stem) = name.strip_suffix(ext).and_then(|s| s.strip_suffix('.'))
+                && let Some(id) = QueueId::parse(stem)
+            {
+                ids.push(id);
+            }
+        }
+        Ok(ids)
+    }
+
+    fn write_synced(&self, path: &Path, bytes: &[u8]) -> Result<(), SpoolError> {
+        if let Some(hook) = &self.write_hook {
+            hook(path).map_err(|e| SpoolError::io(path, e))?;
+        }
+        let write = || -> io::Result<()> {
+            let mut file = OpenOptions::new().write(true).create_new(true).open(path)?;
+            file.write_all(bytes)?;
+            file.sync_all()
+        };
+        write().map_err(|e| SpoolError::io(path, e))
+    }
+}
+
+fn area_of(state: State) -> Area {
+    match state {
+        State::Pending | State::Held => Area::Queue,
+        State::Failed => Area::Failed,
+    }
+}
+
+fn rename(from: &Path, to: &Path) -> Result<(), SpoolError> {
+    fs::rename(from, to).map_err(|e| SpoolError::io(from, e))
+}
+
+fn remove(path: &Path) -> Result<(), SpoolError> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(SpoolError::io(path, e)),
+        _ => Ok(()),
+    }
+}
+
+fn sync_dir(dir: &Path) -> Result<(), SpoolError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| SpoolError::io(dir, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spool::record::LastError;
+
+    fn spool() -> (tempfile::TempDir, Spool) {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        (dir, spool)
+    }
+
+    fn envelope() -> Envelope {
+        Envelope::new("a@example.com", vec!["b@example.com".into()])
+    }
+
+    #[test]
+    fn commit_then_list_load_and_remove() {
+        let (_dir, spool) = spool();
+        let record = spool
+            .commit(
+                &envelope(),
+                b"Subject: hi\r\n\r\nbody\r\n",
+                SystemTime::now(),
+            )
+            .unwrap();
+        assert_eq!(record.size, 21);
+        assert_eq!(spool.list(Area::Queue).unwrap(), vec![record.clone()]);
+        assert_eq!(
+            spool.read_message(&record.id, Area::Queue).unwrap(),
+            b"Subject: hi\r\n\r\nbody\r\n"
+        );
+        assert_eq!(spool.load(&record.id).unwrap().1, Area::Queue);
+        assert_eq!(spool.remove(&record.id).unwrap(), Area::Queue);
+        assert!(spool.list(Area::Queue).unwrap().is_empty());
+        assert!(matches!(
+            spool.remove(&record.id),
+            Err(SpoolError::NotFound(_))
+        ));
+        assert_eq!(fs::read_dir(spool.dir("tmp")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_failed_write_leaves_nothing_behind_and_says_no_space() {
+        let (_dir, spool) = spool();
+        let spool = spool.with_write_hook(Arc::new(|path: &Path| {
+            if path.extension().is_some_and(|e| e == "json") {
+                Err(io::Error::from_raw_os_error(libc::ENOSPC))
+            } else {
+                Ok(())
+            }
+        }));
+        let err = spool
+            .commit(&envelope(), b"x", SystemTime::now())
+            .unwrap_err();
+        assert!(matches!(err, SpoolError::NoSpace(_)), "{err}");
+        for dir in ["tmp", "queue"] {
+            assert_eq!(
+                fs::read_dir(spool.dir(dir)).unwrap().count(),
+                0,
+                "{dir} not empty"
+            );
+        }
+    }
+
+    #[test]
+    fn relocate_to_failed_and_back() {
+        let (_dir, spool) = spool();
+        let mut record = spool.commit(&envelope(), b"m", SystemTime::now()).unwrap();
+        record.state = State::Failed;
+        record.last_error = Some(LastError {
+            status: Some(400),
+            code: "ErrorInvalidRecipients".into(),
+            message: "bad".into(),
+        });
+        spool.relocate(&record, Area::Queue).unwrap();
+        assert!(spool.list(Area::Queue).unwrap().is_empty());
+        assert_eq!(spool.list(Area::Failed).unwrap(), vec![record.clone()]);
+        record.state = State::Pending;
+        spool.relocate(&record, Area::Failed).unwrap();
+        assert_eq!(spool.list(Area::Queue).unwrap(), vec![record.clone()]);
+        assert_eq!(spool.read_message(&record.id, Area::Queue).unwrap(), b"m");
+    }
+
+    #[test]
+    fn scan_recovers_every_crash_point() {
+        let (_dir, spool) = spool();
+        // A commit cut short before its record was renamed: never answered 250.
+        fs::write(spool.dir("tmp").join("ABC.eml"), b"partial").unwrap();
+        let orphan = QueueId::generate();
+        fs::write(spool.eml_path(Area::Queue, &orphan), b"uncommitted").unwrap();
+        // A move to failed/ cut short after the new record was written.
+        let mut moving = spool
+            .commit(&envelope(), b"moving", SystemTime::now())
+            .unwrap();
+        moving.state = State::Failed;
+        spool
+            .replace_json(&moving, &spool.json_path(Area::Failed, &moving.id))
+            .unwrap();
+        // A record whose message vanished, and one that is not JSON.
+        let lost = spool
+            .commit(&envelope(), b"lost", SystemTime::now())
+            .unwrap();
+        fs::remove_file(spool.eml_path(Area::Queue, &lost.id)).unwrap();
+        let garbled = spool
+            .commit(&envelope(), b"garbled", SystemTime::now())
+            .unwrap();
+        fs::write(spool.json_path(Area::Queue, &garbled.id), b"{not json").unwrap();
+        let good = spool
+            .commit(&envelope(), b"good", SystemTime::now())
+            .unwrap();
+
+        let report = spool.scan().unwrap();
+        assert_eq!(report.tmp_removed, 1);
+        assert_eq!(report.orphans_removed, 1);
+        assert_eq!(report.corrupt, 1);
+
+        let queued = spool.list(Area::Queue).unwrap();
+        assert_eq!(queued, vec![good]);
+        let failed = spool.list(Area::Failed).unwrap();
+        assert_eq!(failed.len(), 1);
+        assert_eq!(
+            spool.read_message(&moving.id, Area::Failed).unwrap(),
+            b"moving"
+        );
+        let corrupt: Vec<_> = fs::read_dir(spool.dir("corrupt")).unwrap().collect();
+        assert_eq!(
+            corrupt.len(),
+            3,
+            "lost.json, garbled.json and garbled.eml are kept"
+        );
+    }
+}
