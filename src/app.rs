@@ -1,1 +1,322 @@
-//! placeholder
+//! Wires the parts together for `serve`: opens and recovers the spool, picks the token source
+//! and transport, binds the listeners (tests bind port 0 and read the addresses back), and owns
+//! shutdown. Holds no business logic of its own.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::auth::{AppCredential, ClientCredentials, NoCredentials, TokenSource};
+use crate::clock::{Clock, SystemClock};
+use crate::config::{Config, Flow};
+use crate::convert::{ConvertOptions, precheck};
+use crate::deliver::backoff::Backoff;
+use crate::deliver::{GraphTransport, Latency, Outbox, QueueManager, RetryPolicy, Transport};
+use crate::smtp::{self, AcceptError, MessageSink, SmtpSettings};
+use crate::spool::{Envelope, QueueId, Spool, SpoolError};
+use crate::status::Counters;
+use crate::status::http::{self as status_http, StatusContext};
+
+/// How long shutdown waits for SMTP sessions and in-flight deliveries.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+#[derive(Clone)]
+pub struct StartOptions {
+    /// Write requests to `<queue.dir>/outbox/` instead of calling Graph.
+    pub dry_run: bool,
+    pub clock: Arc<dyn Clock>,
+}
+
+impl Default for StartOptions {
+    fn default() -> Self {
+        StartOptions {
+            dry_run: false,
+            clock: Arc::new(SystemClock),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("cannot open the spool at {path}: {source}")]
+    Spool { path: String, source: SpoolError },
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot build the HTTP client: {0}")]
+    Http(String),
+}
+
+/// A running relay.
+pub struct Running {
+    smtp_addrs: Vec<SocketAddr>,
+    status_addr: Option<SocketAddr>,
+    shutdown: CancellationToken,
+    tasks: JoinSet<()>,
+    waker: Arc<Notify>,
+}
+
+impl Running {
+    pub fn smtp_addrs(&self) -> &[SocketAddr] {
+        &self.smtp_addrs
+    }
+
+    pub fn status_addr(&self) -> Option<SocketAddr> {
+        self.status_addr
+    }
+
+    /// Wakes the queue manager now (tests, and the status page's actions).
+    pub fn wake_delivery(&self) {
+        self.waker.notify_one();
+    }
+
+    /// Stops accepting, lets in-flight work finish within the grace period, and returns.
+    pub async fn shutdown(mut self) {
+        self.shutdown.cancel();
+        let deadline = SHUTDOWN_GRACE + Duration::from_secs(2);
+        if tokio::time::timeout(deadline, async {
+            while self.tasks.join_next().await.is_some() {}
+        })
+        .await
+        .is_err()
+        {
+            warn!("shutdown grace period over; abandoning what is left (it stays in the spool)");
+            self.tasks.abort_all();
+        }
+    }
+}
+
+/// Starts every part of `serve`.
+pub async fn start(config: Config, opts: StartOptions) -> Result<Running, AppError> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let spool = open_spool(&config).await?;
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(Duration::from_secs(15))
+        .build()
+        .map_err(|e| AppError::Http(e.to_string()))?;
+    let tokens = token_source(&config, http.clone(), opts.clock.clone());
+    let counters = Arc::new(Counters::default());
+    let latency = Arc::new(Latency::default());
+    let transport: Arc<dyn Transport> = if opts.dry_run {
+        Arc::new(Outbox::new(
+            config.queue.dir.join("outbox"),
+            &config.microsoft.graph_url,
+        ))
+    } else {
+        Arc::new(GraphTransport::new(
+            http,
+            &config.microsoft.graph_url,
+            tokens.clone(),
+            latency.clone(),
+        ))
+    };
+    let manager = QueueManager::new(
+        spool.clone(),
+        transport,
+        tokens.clone(),
+        convert_options(&config),
+        RetryPolicy {
+            backoff: Backoff {
+                min: config.queue.retry_min,
+                max: config.queue.retry_max,
+            },
+            max_age: config.queue.max_age,
+        },
+        opts.clock.clone(),
+        counters.clone(),
+        !opts.dry_run,
+    );
+    let waker = manager.waker();
+    let shutdown = CancellationToken::new();
+    let mut tasks = JoinSet::new();
+
+    let sink: Arc<dyn MessageSink> = Arc::new(Ingest {
+        spool: spool.clone(),
+        clock: opts.clock.clone(),
+        counters: counters.clone(),
+        waker: waker.clone(),
+    });
+    let settings = Arc::new(SmtpSettings::from_config(&config));
+    let mut smtp_addrs = Vec::new();
+    for addr in &config.smtp.listen {
+        let listener = bind(*addr).await?;
+        smtp_addrs.push(listener.local_addr().map_err(|source| AppError::Bind {
+            addr: *addr,
+            source,
+        })?);
+        tasks.spawn(smtp::serve(
+            listener,
+            settings.clone(),
+            sink.clone(),
+            shutdown.clone(),
+        ));
+    }
+
+    let status_addr = match config.status.listen {
+        Some(addr) => {
+            let listener = bind(addr).await?;
+            let bound = listener
+                .local_addr()
+                .map_err(|source| AppError::Bind { addr, source })?;
+            let ctx = Arc::new(StatusContext {
+                spool: spool.clone(),
+                tokens: tokens.clone(),
+                counters: counters.clone(),
+                latency,
+            });
+            let stop = shutdown.clone();
+            tasks.spawn(async move {
+                if let Err(e) = status_http::serve(listener, ctx, stop).await {
+                    error!(error = %e, "status listener failed");
+                }
+            });
+            Some(bound)
+        }
+        None => None,
+    };
+
+    tasks.spawn(manager.run(shutdown.clone(), SHUTDOWN_GRACE));
+    let status = tokens.status();
+    info!(
+        smtp = ?smtp_addrs,
+        status = ?status_addr,
+        dry_run = opts.dry_run,
+        token_state = status.state.as_str(),
+        "graph-relay started"
+    );
+    if !opts.dry_run && status.state != crate::auth::TokenState::Valid {
+        error!(reason = %status.reason, "no usable Microsoft credentials: mail is accepted and held until they are configured");
+    }
+    Ok(Running {
+        smtp_addrs,
+        status_addr,
+        shutdown,
+        tasks,
+        waker,
+    })
+}
+
+async fn open_spool(config: &Config) -> Result<Spool, AppError> {
+    let dir = config.queue.dir.clone();
+    let path = dir.display().to_string();
+    let opened = tokio::task::spawn_blocking(move || {
+        let spool = Spool::open(dir)?;
+        let report = spool.scan()?;
+        Ok::<_, SpoolError>((spool, report))
+    })
+    .await
+    .map_err(|e| AppError::Spool {
+        path: path.clone(),
+        source: SpoolError::Io {
+            path: path.clone().into(),
+            source: std::io::Error::other(e),
+        },
+    })?;
+    let (spool, report) = opened.map_err(|source| AppError::Spool { path, source })?;
+    if report != Default::default() {
+        info!(?report, "spool recovered at start-up");
+    }
+    Ok(spool)
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, AppError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| AppError::Bind { addr, source })
+}
+
+/// The token source the configuration asks for.
+pub fn token_source(
+    config: &Config,
+    http: reqwest::Client,
+    clock: Arc<dyn Clock>,
+) -> Arc<dyn TokenSource> {
+    let ms = &config.microsoft;
+    let (Some(token_url), Some(client_id)) = (config.token_url(), ms.client_id.clone()) else {
+        return Arc::new(NoCredentials::new(
+            "microsoft.tenant and microsoft.client_id are not set (see README: Azure app registration)",
+        ));
+    };
+    if ms.flow == Flow::Delegated {
+        return Arc::new(NoCredentials::new(
+            "the delegated flow is not available in this build",
+        ));
+    }
+    let credential = match (&ms.client_secret, &ms.client_secret_file) {
+        (Some(secret), _) => AppCredential::Secret(secret.clone()),
+        (None, Some(path)) => AppCredential::SecretFile(path.clone()),
+        (None, None) if ms.client_certificate.is_some() => {
+            return Arc::new(NoCredentials::new(
+                "certificate credentials are not available in this build",
+            ));
+        }
+        (None, None) => {
+            return Arc::new(NoCredentials::new(
+                "no app credential: set microsoft.client_secret or microsoft.client_secret_file",
+            ));
+        }
+    };
+    Arc::new(ClientCredentials::new(
+        http,
+        token_url,
+        client_id,
+        config.scope(),
+        credential,
+        clock,
+    ))
+}
+
+pub fn convert_options(config: &Config) -> ConvertOptions {
+    ConvertOptions {
+        sender: config.microsoft.sender.clone(),
+        allowed_senders: config.microsoft.allowed_senders.clone(),
+        save_to_sent_items: config.microsoft.save_to_sent_items,
+        delegated: config.microsoft.flow == Flow::Delegated,
+    }
+}
+
+/// The SMTP sink of `serve`: refuses mail that can never be converted, commits the rest to the
+/// spool, and wakes delivery.
+struct Ingest {
+    spool: Spool,
+    clock: Arc<dyn Clock>,
+    counters: Arc<Counters>,
+    waker: Arc<Notify>,
+}
+
+#[async_trait]
+impl MessageSink for Ingest {
+    async fn accept(&self, envelope: Envelope, message: Vec<u8>) -> Result<QueueId, AcceptError> {
+        precheck(&message).map_err(|e| AcceptError::Rejected(e.to_string()))?;
+        let spool = self.spool.clone();
+        let now = self.clock.now();
+        let committed = tokio::task::spawn_blocking(move || spool.commit(&envelope, &message, now))
+            .await
+            .map_err(|e| AcceptError::Unavailable(e.to_string()))?;
+        match committed {
+            Ok(record) => {
+                self.counters.received();
+                self.waker.notify_one();
+                Ok(record.id)
+            }
+            Err(SpoolError::NoSpace(e)) => {
+                error!(error = %e, "spool disk full: answering 452 until space returns");
+                Err(AcceptError::NoSpace(e.to_string()))
+            }
+            Err(e) => {
+                error!(error = %e, "cannot commit to the spool: answering 451");
+                Err(AcceptError::Unavailable(e.to_string()))
+            }
+        }
+    }
+}

@@ -1,1 +1,83 @@
-//! placeholder
+//! The command line (design section 2): clap types only; `main.rs` runs them.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "graph-relay",
+    version,
+    about = "Local SMTP relay that delivers mail through Microsoft Graph"
+)]
+pub struct Cli {
+    /// Configuration file (default ./relay.toml; the built-in defaults apply when it is absent).
+    #[arg(long, global = true, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run SMTP, delivery and the status page until SIGTERM/SIGINT.
+    Serve(ServeArgs),
+    /// Load and validate the configuration; print every bad key.
+    Check,
+    /// Microsoft sign-in.
+    #[command(subcommand)]
+    Auth(AuthCommand),
+    /// Inspect and change the queue (works while serve runs).
+    #[command(subcommand)]
+    Queue(QueueCommand),
+    /// Send a test message through the running relay's SMTP port.
+    SendTest(SendTestArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Write each Graph request to <queue.dir>/outbox/<id>.json instead of sending it.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuthCommand {
+    /// Sign in (delegated: device code flow) or prove the app credentials work.
+    Login,
+    /// Show the token state and expiry.
+    Status,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum QueueCommand {
+    /// One line per message: id, state, attempts, next attempt, last error, from, recipients.
+    List,
+    /// Make a message (or every failed one) due now.
+    Retry {
+        /// Queue id.
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        id: Option<String>,
+        /// Every failed message.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Remove a message.
+    Delete {
+        /// Queue id.
+        id: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct SendTestArgs {
+    /// Recipient.
+    #[arg(long)]
+    pub to: String,
+    /// Sender (default: microsoft.sender, else relay-test@localhost).
+    #[arg(long)]
+    pub from: Option<String>,
+    /// SMTP server (default: the first smtp.listen address).
+    #[arg(long)]
+    pub server: Option<String>,
+}

@@ -1,1 +1,221 @@
-//! placeholder
+//! Where delivery gets its access tokens, and the token state the relay shows to people
+//! (`valid` / `reauth_required` / `missing`). Never logs a token or a secret.
+//!
+//! Why not the `oauth2` crate (it was the requested choice): oauth2 5.0 drops the HTTP status and
+//! headers of every token-endpoint error (`endpoint.rs`, `check_response_status` keeps only the
+//! body), so a 429's `Retry-After` and a 5xx-vs-4xx distinction are lost, and the relay's whole
+//! job here is to tell "retry later" from "a person must re-authorize". Its device-code poller
+//! also fixes the error type to the standard fields (AADSTS `error_codes` gone), and it has no
+//! `private_key_jwt`. Each Entra flow is one form POST, so `entra.rs` does it on reqwest directly.
+
+mod client_credentials;
+pub mod entra;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use serde::Serialize;
+
+pub use client_credentials::{AppCredential, ClientCredentials};
+
+/// An access token and when it stops working.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AccessToken {
+    pub value: String,
+    pub expires_at: SystemTime,
+}
+
+impl std::fmt::Debug for AccessToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AccessToken")
+            .field("value", &"***")
+            .field(
+                "expires_at",
+                &humantime::format_rfc3339_seconds(self.expires_at),
+            )
+            .finish()
+    }
+}
+
+/// Why no token could be had, by what the caller does next.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    /// No credentials are configured at all.
+    #[error("no Microsoft credentials configured: {0}")]
+    Missing(String),
+    /// The grant or the credential is dead: hold mail and ask a person to re-authorize.
+    #[error("re-authorization required: {0}")]
+    Reauth(String),
+    /// The token endpoint is down, slow or throttling: retry later.
+    #[error("token endpoint unavailable: {message}")]
+    Transient {
+        message: String,
+        retry_after: Option<Duration>,
+    },
+}
+
+impl TokenError {
+    pub fn transient(message: impl Into<String>, retry_after: Option<Duration>) -> Self {
+        TokenError::Transient {
+            message: message.into(),
+            retry_after,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenState {
+    Valid,
+    ReauthRequired,
+    Missing,
+}
+
+impl TokenState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokenState::Valid => "valid",
+            TokenState::ReauthRequired => "reauth_required",
+            TokenState::Missing => "missing",
+        }
+    }
+}
+
+/// What `/status` and `auth status` show.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenStatus {
+    pub state: TokenState,
+    pub reason: String,
+    pub expires_at: Option<SystemTime>,
+}
+
+/// The seam between delivery and the identity platform.
+#[async_trait]
+pub trait TokenSource: Send + Sync + 'static {
+    /// A token that stays valid for a while yet; refreshes when needed, one refresh at a time.
+    async fn token(&self) -> Result<AccessToken, TokenError>;
+    /// Graph refused `token` (401): forget it so the next `token()` fetches a new one.
+    fn invalidate(&self, token: &AccessToken);
+    fn status(&self) -> TokenStatus;
+}
+
+/// The source used when no credentials are configured: mail is accepted and held.
+pub struct NoCredentials {
+    reason: String,
+}
+
+impl NoCredentials {
+    pub fn new(reason: impl Into<String>) -> Self {
+        NoCredentials {
+            reason: reason.into(),
+        }
+    }
+}
+
+#[async_trait]
+impl TokenSource for NoCredentials {
+    async fn token(&self) -> Result<AccessToken, TokenError> {
+        Err(TokenError::Missing(self.reason.clone()))
+    }
+    fn invalidate(&self, _token: &AccessToken) {}
+    fn status(&self) -> TokenStatus {
+        TokenStatus {
+            state: TokenState::Missing,
+            reason: self.reason.clone(),
+            expires_at: None,
+        }
+    }
+}
+
+/// The state a token source reports, updated as tokens are fetched or refused. Shared so the
+/// status page and notices read the same thing.
+#[derive(Debug, Clone)]
+pub struct StatusCell(Arc<Mutex<TokenStatus>>);
+
+impl StatusCell {
+    pub fn new(initial: TokenStatus) -> Self {
+        StatusCell(Arc::new(Mutex::new(initial)))
+    }
+
+    pub fn get(&self) -> TokenStatus {
+        self.0.lock().expect("status lock").clone()
+    }
+
+    /// Records the outcome of a token request. Transient failures never change the state.
+    pub fn record(&self, outcome: &Result<AccessToken, TokenError>) {
+        let mut status = self.0.lock().expect("status lock");
+        match outcome {
+            Ok(token) => {
+                *status = TokenStatus {
+                    state: TokenState::Valid,
+                    reason: String::new(),
+                    expires_at: Some(token.expires_at),
+                }
+            }
+            Err(TokenError::Reauth(reason)) => {
+                *status = TokenStatus {
+                    state: TokenState::ReauthRequired,
+                    reason: reason.clone(),
+                    expires_at: None,
+                }
+            }
+            Err(TokenError::Missing(reason)) => {
+                *status = TokenStatus {
+                    state: TokenState::Missing,
+                    reason: reason.clone(),
+                    expires_at: None,
+                }
+            }
+            Err(TokenError::Transient { .. }) => {}
+        }
+    }
+}
+
+/// When to refresh a token that expires at `expires_at` and lived `lifetime`: 5 minutes ahead,
+/// or a tenth of the lifetime for short-lived tokens.
+pub fn refresh_margin(lifetime: Duration) -> Duration {
+    Duration::from_secs(300).min(lifetime / 10)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn margin_is_five_minutes_or_a_tenth() {
+        assert_eq!(
+            refresh_margin(Duration::from_secs(3599)),
+            Duration::from_secs(300)
+        );
+        assert_eq!(
+            refresh_margin(Duration::from_secs(1200)),
+            Duration::from_secs(120)
+        );
+        assert_eq!(
+            refresh_margin(Duration::from_secs(86_400)),
+            Duration::from_secs(300)
+        );
+        assert_eq!(
+            refresh_margin(Duration::from_secs(60)),
+            Duration::from_secs(6)
+        );
+    }
+
+    #[test]
+    fn transient_errors_never_change_the_state() {
+        let cell = StatusCell::new(TokenStatus {
+            state: TokenState::Valid,
+            reason: String::new(),
+            expires_at: None,
+        });
+        cell.record(&Err(TokenError::transient("503", None)));
+        assert_eq!(cell.get().state, TokenState::Valid);
+        cell.record(&Err(TokenError::Reauth(
+            "invalid_grant: AADSTS700082".into(),
+        )));
+        assert_eq!(cell.get().state, TokenState::ReauthRequired);
+        cell.record(&Err(TokenError::transient("timeout", None)));
+        assert_eq!(cell.get().state, TokenState::ReauthRequired);
+    }
+}

@@ -1,1 +1,83 @@
-//! placeholder
+//! Delivery: the queue manager that takes committed mail from the spool to Graph, the
+//! transports it uses (Graph, or the dry-run outbox), backoff, and the outcome types. It never
+//! removes a message before Graph accepted it, and never parks one without a readable reason.
+
+pub mod backoff;
+mod graph;
+mod outbox;
+mod queue;
+pub mod steps;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+pub use graph::GraphTransport;
+pub use outbox::Outbox;
+pub use queue::{QueueManager, RetryPolicy, apply_failure};
+
+use crate::convert::GraphPlan;
+use crate::spool::{LastError, QueueId};
+
+/// Why a delivery attempt did not succeed, by what happens to the message next.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DeliveryError {
+    /// Try again later (throttling, outages, network): back off, or wait `retry_after`.
+    #[error("temporary failure: {error}")]
+    Transient {
+        error: LastError,
+        retry_after: Option<Duration>,
+    },
+    /// Graph refused this message for good: move it to `failed/` with the reason.
+    #[error("permanent failure: {error}", error = .0)]
+    Permanent(LastError),
+    /// The credential or grant is dead: hold the message until someone re-authorizes.
+    #[error("re-authorization required: {0}")]
+    Reauth(String),
+    /// No credentials configured: hold the message.
+    #[error("no credentials: {0}")]
+    Missing(String),
+}
+
+/// Sends one Graph plan. `part` numbers the plans of a split message (0 for the first).
+#[async_trait]
+pub trait Transport: Send + Sync + 'static {
+    async fn send(&self, id: &QueueId, part: usize, plan: &GraphPlan) -> Result<(), DeliveryError>;
+}
+
+/// Graph request latency for `/metrics`: a Prometheus histogram with fixed buckets.
+#[derive(Debug, Default)]
+pub struct Latency {
+    buckets: [AtomicU64; LATENCY_BUCKETS.len()],
+    count: AtomicU64,
+    sum_micros: AtomicU64,
+}
+
+/// Upper bounds in seconds.
+pub const LATENCY_BUCKETS: [f64; 8] = [0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+impl Latency {
+    pub fn observe(&self, elapsed: Duration) {
+        let seconds = elapsed.as_secs_f64();
+        for (bucket, bound) in self.buckets.iter().zip(LATENCY_BUCKETS) {
+            if seconds <= bound {
+                bucket.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_micros
+            .fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// (cumulative bucket counts, count, sum in seconds)
+    pub fn snapshot(&self) -> (Vec<u64>, u64, f64) {
+        let buckets = self
+            .buckets
+            .iter()
+            .map(|b| b.load(Ordering::Relaxed))
+            .collect();
+        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        (buckets, self.count.load(Ordering::Relaxed), sum)
+    }
+}

@@ -6,7 +6,9 @@
 mod envelope;
 mod record;
 mod store;
+mod admin;
 
+pub use admin::{QueueCounts, list_line};
 pub use envelope::{Envelope, QueueId};
 pub use record::{LastError, Record, State};
 pub use store::{Area, ScanReport, Spool, SpoolError, WriteHook};

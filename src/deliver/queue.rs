@@ -1,0 +1,518 @@
+//! The queue manager: wakes on new mail, on the next due time, or on a periodic rescan (which
+//! also picks up `queue retry`/`delete` from the CLI); sends due messages with at most
+//! `PER_MAILBOX` requests in flight per mailbox; and writes each outcome back to the spool.
+//! Holds mail while the token state is not `valid`.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::{Notify, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, error, info, info_span, warn};
+
+use super::backoff::{Backoff, jitter};
+use super::{DeliveryError, Transport};
+use crate::auth::{TokenSource, TokenState};
+use crate::clock::Clock;
+use crate::convert::{ConvertOptions, convert};
+use crate::spool::{Area, LastError, QueueId, Record, Spool, SpoolError, State};
+use crate::status::Counters;
+
+/// Graph allows four concurrent requests per mailbox.
+pub const PER_MAILBOX: usize = 4;
+/// Messages being worked on at once, across all mailboxes.
+const WORKERS: usize = 16;
+/// The disk is the truth: rescan at least this often, whatever the in-memory hints say.
+const RESCAN: Duration = Duration::from_secs(5);
+/// While mail is held, ask the token endpoint again this often, so a transient outage that was
+/// misread as fatal heals by itself.
+const HOLD_PROBE: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    pub backoff: Backoff,
+    pub max_age: Duration,
+}
+
+pub struct QueueManager {
+    spool: Spool,
+    transport: Arc<dyn Transport>,
+    tokens: Arc<dyn TokenSource>,
+    options: ConvertOptions,
+    policy: RetryPolicy,
+    clock: Arc<dyn Clock>,
+    counters: Arc<Counters>,
+    /// Dry run sends to the outbox, which needs no token.
+    needs_token: bool,
+    wake: Arc<Notify>,
+    in_flight: Mutex<HashSet<QueueId>>,
+    mailboxes: Mutex<HashMap<String, Arc<Semaphore>>>,
+    workers: Arc<Semaphore>,
+    last_probe: Mutex<Option<SystemTime>>,
+}
+
+impl QueueManager {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        spool: Spool,
+        transport: Arc<dyn Transport>,
+        tokens: Arc<dyn TokenSource>,
+        options: ConvertOptions,
+        policy: RetryPolicy,
+        clock: Arc<dyn Clock>,
+        counters: Arc<Counters>,
+        needs_token: bool,
+    ) -> Arc<Self> {
+        Arc::new(QueueManager {
+            spool,
+            transport,
+            tokens,
+            options,
+            policy,
+            clock,
+            counters,
+            needs_token,
+            wake: Arc::new(Notify::new()),
+            in_flight: Mutex::new(HashSet::new()),
+            mailboxes: Mutex::new(HashMap::new()),
+            workers: Arc::new(Semaphore::new(WORKERS)),
+            last_probe: Mutex::new(None),
+        })
+    }
+
+    /// A handle that wakes the manager (new mail, a retry asked for, a token change).
+    pub fn waker(&self) -> Arc<Notify> {
+        self.wake.clone()
+    }
+
+    /// Runs until `shutdown`; then waits up to `grace` for in-flight deliveries. An abandoned
+    /// delivery stays in the spool and is retried at the next start.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken, grace: Duration) {
+        loop {
+            let next = self.pass().await;
+            let sleep = next
+                .and_then(|at| at.duration_since(self.clock.now()).ok())
+                .unwrap_or(RESCAN)
+                .min(RESCAN);
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(sleep) => {}
+            }
+        }
+        let all = WORKERS as u32;
+        if tokio::time::timeout(grace, self.workers.acquire_many(all))
+            .await
+            .is_err()
+        {
+            warn!(
+                "shutdown: abandoning in-flight deliveries; they stay queued and are retried at the next start"
+            );
+        }
+    }
+
+    /// One look at the queue: dispatches what is due, returns when the next message falls due.
+    async fn pass(self: &Arc<Self>) -> Option<SystemTime> {
+        let spool = self.spool.clone();
+        let records = match tokio::task::spawn_blocking(move || spool.list(Area::Queue)).await {
+            Ok(Ok(records)) => records,
+            Ok(Err(e)) => {
+                error!(error = %e, "cannot read the queue");
+                return None;
+            }
+            Err(e) => {
+                error!(error = %e, "queue scan task failed");
+                return None;
+            }
+        };
+        let token_ok = self.token_usable(&records).await;
+        let now = self.clock.now();
+        let mut next_due: Option<SystemTime> = None;
+        for record in records {
+            if self
+                .in_flight
+                .lock()
+                .expect("in-flight lock")
+                .contains(&record.id)
+            {
+                continue;
+            }
+            match record.state {
+                State::Held if token_ok => self.dispatch(release(record, now)),
+                State::Held => {}
+                State::Pending if !token_ok => {
+                    self.persist(hold(record, &self.token_reason())).await
+                }
+                State::Pending if expired(&record, now, self.policy.max_age) => {
+                    self.persist(expire(record, now)).await
+                }
+                State::Pending if record.next_attempt <= now => self.dispatch(record),
+                State::Pending => {
+                    next_due =
+                        Some(next_due.map_or(record.next_attempt, |n| n.min(record.next_attempt)))
+                }
+                State::Failed => {}
+            }
+        }
+        next_due
+    }
+
+    /// Whether sends may go out now. While the state is not `valid` and mail waits, the token
+    /// endpoint is asked again every `HOLD_PROBE`.
+    async fn token_usable(&self, records: &[Record]) -> bool {
+        if !self.needs_token || self.tokens.status().state == TokenState::Valid {
+            return true;
+        }
+        if records.is_empty() {
+            return false;
+        }
+        let now = self.clock.now();
+        let due = {
+            let mut last = self.last_probe.lock().expect("probe lock");
+            let due = last.is_none_or(|t| now.duration_since(t).unwrap_or_default() >= HOLD_PROBE);
+            if due {
+                *last = Some(now);
+            }
+            due
+        };
+        due && self.tokens.token().await.is_ok()
+    }
+
+    fn token_reason(&self) -> String {
+        self.tokens.status().reason
+    }
+
+    fn dispatch(self: &Arc<Self>, record: Record) {
+        let Ok(permit) = self.workers.clone().try_acquire_owned() else {
+            return; // all workers busy; a finishing worker wakes the manager
+        };
+        self.in_flight
+            .lock()
+            .expect("in-flight lock")
+            .insert(record.id.clone());
+        let this = self.clone();
+        let span = info_span!("deliver", queue_id = %record.id);
+        tokio::spawn(
+            async move {
+                let id = record.id.clone();
+                this.deliver(record).await;
+                this.in_flight.lock().expect("in-flight lock").remove(&id);
+                drop(permit);
+                this.wake.notify_one();
+            }
+            .instrument(span),
+        );
+    }
+
+    async fn deliver(&self, mut record: Record) {
+        let raw = match self.read_message(&record.id).await {
+            Ok(raw) => raw,
+            Err(SpoolError::NotFound(_)) => return, // deleted meanwhile
+            Err(e) => {
+                error!(error = %e, "cannot read the message; will retry");
+                return;
+            }
+        };
+        let plans = match convert(&raw, &record.envelope, &self.options) {
+            Ok(plans) => plans,
+            Err(e) => {
+                let failure = DeliveryError::Permanent(LastError {
+                    status: None,
+                    code: "ConversionFailed".into(),
+                    message: e.to_string(),
+                });
+                return self.finish(record, Err(failure)).await;
+            }
+        };
+        let total = plans.len();
+        for (part, plan) in plans.iter().enumerate() {
+            if record.parts_done.contains(&part) {
+                continue;
+            }
+            let semaphore = self.mailbox_semaphore(&plan.mailbox.path());
+            let _permit = semaphore
+                .acquire()
+                .await
+                .expect("mailbox semaphores are never closed");
+            match self.transport.send(&record.id, part, plan).await {
+                Ok(()) => {
+                    record.parts_done.push(part);
+                    if record.parts_done.len() < total {
+                        // Remember progress, so a crash or retry never resends a part.
+                        self.persist(record.clone()).await;
+                    }
+                }
+                Err(e) => return self.finish(record, Err(e)).await,
+            }
+        }
+        self.finish(record, Ok(())).await
+    }
+
+    async fn finish(&self, record: Record, outcome: Result<(), DeliveryError>) {
+        match outcome {
+            Ok(()) => {
+                let spool = self.spool.clone();
+                let id = record.id.clone();
+                match tokio::task::spawn_blocking(move || spool.remove(&id)).await {
+                    Ok(Ok(_)) | Ok(Err(SpoolError::NotFound(_))) => {
+                        self.counters.delivered();
+                        info!(from = %record.envelope.mail_from, recipients = record.envelope.rcpt_to.len(), "delivered");
+                    }
+                    // Delivered but still on disk: it will be sent again. Say so loudly.
+                    Ok(Err(e)) => {
+                        error!(error = %e, "delivered, but could not remove it from the spool")
+                    }
+                    Err(e) => error!(error = %e, "delivered, but the removal task failed"),
+                }
+            }
+            Err(failure) => {
+                let next =
+                    apply_failure(record, &failure, self.clock.now(), &self.policy, jitter());
+                match next.state {
+                    State::Failed => {
+                        self.counters.failed();
+                        warn!(error = %failure, "giving up; moved to failed/");
+                    }
+                    State::Held => warn!(error = %failure, "held until re-authorization"),
+                    State::Pending => info!(
+                        error = %failure,
+                        attempts = next.attempts,
+                        next_attempt = %humantime::format_rfc3339_seconds(next.next_attempt),
+                        "will retry"
+                    ),
+                }
+                self.persist(next).await;
+            }
+        }
+    }
+
+    /// Writes `record` to the spool, moving it to `failed/` when it failed.
+    async fn persist(&self, record: Record) {
+        let spool = self.spool.clone();
+        let id = record.id.clone();
+        let result = tokio::task::spawn_blocking(move || match record.state {
+            State::Failed => spool.relocate(&record, Area::Queue),
+            _ => spool.update(&record),
+        })
+        .await;
+        match result {
+            Ok(Ok(())) | Ok(Err(SpoolError::NotFound(_))) => {}
+            Ok(Err(e)) => error!(queue_id = %id, error = %e, "cannot update the spool record"),
+            Err(e) => error!(queue_id = %id, error = %e, "spool update task failed"),
+        }
+    }
+
+    async fn read_message(&self, id: &QueueId) -> Result<Vec<u8>, SpoolError> {
+        let spool = self.spool.clone();
+        let id = id.clone();
+        tokio::task::spawn_blocking(move || spool.read_message(&id, Area::Queue))
+            .await
+            .unwrap_or_else(|e| {
+                Err(SpoolError::Io {
+                    path: Default::default(),
+                    source: std::io::Error::other(e),
+                })
+            })
+    }
+
+    fn mailbox_semaphore(&self, mailbox: &str) -> Arc<Semaphore> {
+        let mut map = self.mailboxes.lock().expect("mailbox lock");
+        map.entry(mailbox.to_ascii_lowercase())
+            .or_insert_with(|| Arc::new(Semaphore::new(PER_MAILBOX)))
+            .clone()
+    }
+}
+
+/// The record after a failed attempt (pure: the state machine of design section 5).
+pub fn apply_failure(
+    mut record: Record,
+    failure: &DeliveryError,
+    now: SystemTime,
+    policy: &RetryPolicy,
+    jitter: f64,
+) -> Record {
+    match failure {
+        DeliveryError::Transient { error, retry_after } => {
+            record.attempts += 1;
+            record.last_error = Some(error.clone());
+            if expired(&record, now, policy.max_age) {
+                return expire(record, now);
+            }
+            let delay = policy.backoff.delay(record.attempts, *retry_after, jitter);
+            record.next_attempt = now + delay;
+        }
+        DeliveryError::Permanent(error) => {
+            record.attempts += 1;
+            record.state = State::Failed;
+            record.last_error = Some(error.clone());
+        }
+        DeliveryError::Reauth(reason) | DeliveryError::Missing(reason) => {
+            record = hold(record, reason);
+        }
+    }
+    record
+}
+
+fn hold(mut record: Record, reason: &str) -> Record {
+    record.state = State::Held;
+    record.last_error = Some(LastError {
+        status: None,
+        code: "HeldForReauthorization".into(),
+        message: reason.to_string(),
+    });
+    record
+}
+
+fn release(mut record: Record, now: SystemTime) -> Record {
+    record.state = State::Pending;
+    record.next_attempt = now;
+    record
+}
+
+fn expired(record: &Record, now: SystemTime, max_age: Duration) -> bool {
+    now.duration_since(record.received_at).unwrap_or_default() >= max_age
+}
+
+fn expire(mut record: Record, now: SystemTime) -> Record {
+    let age = now.duration_since(record.received_at).unwrap_or_default();
+    let previous = record
+        .last_error
+        .take()
+        .map(|e| format!("; last error: {e}"))
+        .unwrap_or_default();
+    record.state = State::Failed;
+    record.last_error = Some(LastError {
+        status: None,
+        code: "expired".into(),
+        message: format!(
+            "expired: undelivered after {}{previous}",
+            humantime::format_duration(Duration::from_secs(age.as_secs()))
+        ),
+    });
+    record
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::spool::Envelope;
+
+    const POLICY: RetryPolicy = RetryPolicy {
+        backoff: Backoff {
+            min: Duration::from_secs(30),
+            max: Duration::from_secs(3600),
+        },
+        max_age: Duration::from_secs(5 * 86_400),
+    };
+
+    fn record(clock: &ManualClock) -> Record {
+        Record::new(
+            QueueId::generate(),
+            Envelope::new("a@x.org", vec!["b@y.org".into()]),
+            10,
+            clock.now(),
+        )
+    }
+
+    fn transient(status: u16, retry_after: Option<Duration>) -> DeliveryError {
+        DeliveryError::Transient {
+            error: LastError {
+                status: Some(status),
+                code: "TooManyRequests".into(),
+                message: "later".into(),
+            },
+            retry_after,
+        }
+    }
+
+    #[test]
+    fn transient_failures_back_off_doubling_and_retry_after_wins() {
+        let clock = ManualClock::new(SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000));
+        let mut r = record(&clock);
+        for expected in [30, 60, 120, 240] {
+            r = apply_failure(r, &transient(503, None), clock.now(), &POLICY, 0.5);
+            assert_eq!(r.state, State::Pending);
+            assert_eq!(
+                r.next_attempt.duration_since(clock.now()).unwrap(),
+                Duration::from_secs(expected)
+            );
+        }
+        assert_eq!(r.attempts, 4);
+        r = apply_failure(
+            r,
+            &transient(429, Some(Duration::from_secs(2))),
+            clock.now(),
+            &POLICY,
+            0.5,
+        );
+        assert_eq!(
+            r.next_attempt.duration_since(clock.now()).unwrap(),
+            Duration::from_secs(2)
+        );
+        assert_eq!(r.last_error.as_ref().unwrap().status, Some(429));
+    }
+
+    #[test]
+    fn permanent_failure_fails_with_the_graph_reason() {
+        let clock = ManualClock::new(SystemTime::now());
+        let error = LastError {
+            status: Some(400),
+            code: "ErrorInvalidRecipients".into(),
+            message: "bad".into(),
+        };
+        let r = apply_failure(
+            record(&clock),
+            &DeliveryError::Permanent(error.clone()),
+            clock.now(),
+            &POLICY,
+            0.5,
+        );
+        assert_eq!(r.state, State::Failed);
+        assert_eq!(r.last_error, Some(error));
+        assert_eq!(r.attempts, 1);
+    }
+
+    #[test]
+    fn mail_expires_after_max_age_but_never_while_held() {
+        let clock = ManualClock::new(SystemTime::now());
+        let r = record(&clock);
+        let held = apply_failure(
+            r.clone(),
+            &DeliveryError::Reauth("AADSTS700082".into()),
+            clock.now(),
+            &POLICY,
+            0.5,
+        );
+        assert_eq!(held.state, State::Held);
+        assert_eq!(held.attempts, 0, "holding is not an attempt");
+        clock.advance(Duration::from_secs(6 * 86_400));
+        let held_again = apply_failure(
+            held,
+            &DeliveryError::Reauth("still".into()),
+            clock.now(),
+            &POLICY,
+            0.5,
+        );
+        assert_eq!(held_again.state, State::Held);
+        let expired = apply_failure(r, &transient(503, None), clock.now(), &POLICY, 0.5);
+        assert_eq!(expired.state, State::Failed);
+        let message = &expired.last_error.unwrap().message;
+        assert!(
+            message.starts_with("expired: undelivered after 6days"),
+            "{message}"
+        );
+        assert!(message.contains("TooManyRequests"), "{message}");
+    }
+
+    #[test]
+    fn release_makes_held_mail_due_now() {
+        let clock = ManualClock::new(SystemTime::now());
+        let held = hold(record(&clock), "why");
+        clock.advance(Duration::from_secs(3600));
+        let released = release(held, clock.now());
+        assert_eq!(released.state, State::Pending);
+        assert_eq!(released.next_attempt, clock.now());
+    }
+}
