@@ -1,0 +1,245 @@
+//! The byte stream under one SMTP session: our own read buffer (so STARTTLS can drop pipelined
+//! plaintext and DATA can take the bytes after the command), line framing with a length cap,
+//! queued replies flushed only before the session would block on a read (RFC 2920), and a timeout
+//! or a shutdown signal on every wait. Knows nothing of SMTP commands.
+
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+
+use super::reply::Reply;
+
+/// Longest command or SASL line, CRLF included (smtp-proto's own cap).
+pub(crate) const MAX_LINE: usize = smtp_proto::request::receiver::MAX_LINE_LENGTH;
+
+/// Replies queued beyond this are written out even while more input is buffered, so a client
+/// that pipelines without reading cannot grow our buffer without bound.
+const MAX_QUEUED_OUTPUT: usize = 16 * 1024;
+
+const READ_CHUNK: usize = 16 * 1024;
+
+/// Why no more input is coming.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ReadError {
+    /// The client closed the connection, or the socket failed.
+    Closed,
+    /// Nothing arrived within the timeout (or our replies could not be written within it).
+    TimedOut,
+    /// The stop token fired.
+    Shutdown,
+}
+
+/// One framed line.
+#[derive(Debug)]
+pub(crate) enum Line {
+    /// A line up to and including its LF.
+    Complete(Vec<u8>),
+    /// A line longer than `MAX_LINE`; the rest of it, up to its LF, is discarded as it arrives.
+    TooLong,
+}
+
+pub(crate) struct Conn<S> {
+    stream: S,
+    rbuf: Vec<u8>,
+    rpos: usize,
+    wbuf: Vec<u8>,
+    write_timeout: Duration,
+    /// Inside an over-long line: skip input up to the next LF.
+    skipping: bool,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
+    pub(crate) fn new(stream: S, write_timeout: Duration) -> Self {
+        Conn {
+            stream,
+            rbuf: Vec::with_capacity(READ_CHUNK),
+            rpos: 0,
+            wbuf: Vec::with_capacity(1024),
+            write_timeout,
+            skipping: false,
+        }
+    }
+
+    /// Gives the stream back, dropping buffered input (RFC 3207: nothing the client sent before
+    /// the TLS handshake may be acted on after it) and any unflushed output.
+    pub(crate) fn into_inner(self) -> S {
+        self.stream
+    }
+
+    /// Queues a reply.
+    pub(crate) fn reply(&mut self, reply: &Reply) {
+        self.wbuf.extend_from_slice(reply.to_wire().as_bytes());
+    }
+
+    /// Queues raw reply text (multi-line replies, 334 challenges); `text` ends with CRLF.
+    pub(crate) fn reply_raw(&mut self, text: &str) {
+        self.wbuf.extend_from_slice(text.as_bytes());
+    }
+
+    /// Writes out the queued replies.
+    pub(crate) async fn flush(&mut self) -> Result<(), ReadError> {
+        if self.wbuf.is_empty() {
+            return Ok(());
+        }
+        let stream = &mut self.stream;
+        let wbuf = &self.wbuf;
+        let written = tokio::time::timeout(self.write_timeout, async {
+            stream.write_all(wbuf).await?;
+            stream.flush().await
+        })
+        .await;
+        self.wbuf.clear();
+        match written {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "write failed");
+                Err(ReadError::Closed)
+            }
+            Err(_) => Err(ReadError::TimedOut),
+        }
+    }
+
+    /// Flushes when a pipelining client has let too many replies pile up.
+    pub(crate) async fn flush_if_large(&mut self) -> Result<(), ReadError> {
+        if self.wbuf.len() > MAX_QUEUED_OUTPUT {
+            self.flush().await
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Input received and not yet consumed.
+    pub(crate) fn buffered(&self) -> &[u8] {
+        &self.rbuf[self.rpos..]
+    }
+
+    /// Marks `n` buffered bytes as consumed.
+    pub(crate) fn consume(&mut self, n: usize) {
+        self.rpos = (self.rpos + n).min(self.rbuf.len());
+    }
+
+    /// Waits for more input. Queued replies are flushed first: the client may be waiting for
+    /// them before it sends anything else.
+    pub(crate) async fn fill(
+        &mut self,
+        timeout: Duration,
+        stop: &CancellationToken,
+    ) -> Result<(), ReadError> {
+        self.flush().await?;
+        if self.rpos > 0 {
+            self.rbuf.drain(..self.rpos);
+            self.rpos = 0;
+        }
+        self.rbuf.reserve(READ_CHUNK);
+        let stream = &mut self.stream;
+        let rbuf = &mut self.rbuf;
+        let read = tokio::select! {
+            biased;
+            _ = stop.cancelled() => return Err(ReadError::Shutdown),
+            read = tokio::time::timeout(timeout, stream.read_buf(rbuf)) => read,
+        };
+        match read {
+            Err(_) => Err(ReadError::TimedOut),
+            Ok(Ok(0)) => Err(ReadError::Closed),
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "read failed");
+                Err(ReadError::Closed)
+            }
+        }
+    }
+
+    /// The next line, LF included. A line over `MAX_LINE` is reported as soon as it is known to
+    /// be too long (so the client gets its 500 without sending the rest) and its remainder is
+    /// skipped.
+    pub(crate) async fn next_line(
+        &mut self,
+        timeout: Duration,
+        stop: &CancellationToken,
+    ) -> Result<Line, ReadError> {
+        loop {
+            let avail = self.buffered();
+            let newline = avail.iter().position(|&b| b == b'\n');
+            if self.skipping {
+                match newline {
+                    Some(i) => {
+                        self.consume(i + 1);
+                        self.skipping = false;
+                        continue;
+                    }
+                    None => {
+                        let n = avail.len();
+                        self.consume(n);
+                    }
+                }
+            } else if let Some(i) = newline {
+                let line = avail[..=i].to_vec();
+                self.consume(i + 1);
+                if line.len() > MAX_LINE {
+                    return Ok(Line::TooLong);
+                }
+                return Ok(Line::Complete(line));
+            } else if avail.len() >= MAX_LINE {
+                let n = avail.len();
+                self.consume(n);
+                self.skipping = true;
+                return Ok(Line::TooLong);
+            }
+            self.fill(timeout, stop).await?;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    const T: Duration = Duration::from_secs(5);
+
+    #[tokio::test]
+    async fn frames_lines_and_reports_overlong_ones_early() {
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        let mut conn = Conn::new(server, T);
+        let stop = CancellationToken::new();
+        let mut client = client;
+        let mut long = vec![b'x'; MAX_LINE + 10];
+        client.write_all(b"NOOP\r\n").await.expect("write");
+        client.write_all(&long).await.expect("write");
+        let first = conn.next_line(T, &stop).await.expect("line");
+        assert!(
+            matches!(first, Line::Complete(ref l) if l == b"NOOP\r\n"),
+            "{first:?}"
+        );
+        // Reported before any LF arrives.
+        let second = conn.next_line(T, &stop).await.expect("line");
+        assert!(matches!(second, Line::TooLong), "{second:?}");
+        long.truncate(100);
+        client.write_all(&long).await.expect("write");
+        client.write_all(b"\r\nQUIT\r\n").await.expect("write");
+        let third = conn.next_line(T, &stop).await.expect("line");
+        assert!(
+            matches!(third, Line::Complete(ref l) if l == b"QUIT\r\n"),
+            "{third:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn stop_and_eof_end_the_wait() {
+        let (client, server) = tokio::io::duplex(1024);
+        let mut conn = Conn::new(server, T);
+        let stop = CancellationToken::new();
+        stop.cancel();
+        assert_eq!(
+            conn.next_line(T, &stop).await.err(),
+            Some(ReadError::Shutdown)
+        );
+        drop(client);
+        let live = CancellationToken::new();
+        assert_eq!(
+            conn.next_line(T, &live).await.err(),
+            Some(ReadError::Closed)
+        );
+    }
+}

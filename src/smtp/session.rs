@@ -1,0 +1,730 @@
+//! One SMTP connection, from the network check to QUIT: the command state machine over
+//! smtp-proto's parser, DATA with the strict `<CRLF>.<CRLF>` end, the size cap, AUTH, STARTTLS
+//! and implicit TLS. Generic over the byte stream. Hands complete messages to the `MessageSink`
+//! and answers 250 only on its `Ok`; never logs message bodies or credentials.
+
+use std::borrow::Cow;
+use std::net::SocketAddr;
+
+use smtp_proto::request::receiver::{DataReceiver, DummyDataReceiver};
+use smtp_proto::{
+    AUTH_LOGIN, AUTH_PLAIN, Error as ParseError, MAIL_BODY_BINARYMIME, MAIL_SMTPUTF8,
+};
+use smtp_proto::{MailFrom, RcptTo, Request};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::conn::{Conn, Line, ReadError};
+use super::reply::{self, Reply};
+use super::sasl;
+use super::settings::SmtpSettings;
+use super::sink::{AcceptError, MessageSink};
+use crate::spool::Envelope;
+
+/// Shutdown as a session sees it: `soft` ends idle sessions at once; `hard` (the grace period is
+/// over) ends the rest, mid-transaction or not.
+#[derive(Clone, Default)]
+pub(crate) struct Stop {
+    pub(crate) soft: CancellationToken,
+    pub(crate) hard: CancellationToken,
+}
+
+/// What a session works with.
+pub(crate) struct Ctx<'a> {
+    pub(crate) settings: &'a SmtpSettings,
+    pub(crate) sink: &'a dyn MessageSink,
+    pub(crate) peer: SocketAddr,
+    pub(crate) stop: &'a Stop,
+}
+
+/// Runs one connection to the end: network check, optional implicit TLS, the dialogue, and the
+/// STARTTLS upgrade. Never panics on client input; returns when the connection is done.
+pub(crate) async fn run<S>(stream: S, ctx: &Ctx<'_>, implicit_tls: bool)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let settings = ctx.settings;
+    if !settings.allows(ctx.peer.ip()) {
+        info!("client not in smtp.allowed_networks; refused");
+        if !implicit_tls {
+            // A TLS client could not read a plaintext reply; it just sees the close.
+            let mut conn = Conn::new(stream, settings.idle_timeout);
+            conn.reply(&reply::access_denied(&settings.hostname));
+            let _ = conn.flush().await;
+        }
+        return;
+    }
+    let mut state = State::default();
+    if implicit_tls {
+        let Some(tls) = handshake(stream, ctx).await else {
+            return;
+        };
+        state.tls = true;
+        dialogue(Conn::new(tls, settings.idle_timeout), &mut state, ctx, true).await;
+        return;
+    }
+    let conn = Conn::new(stream, settings.idle_timeout);
+    if let Outcome::StartTls(stream) = dialogue(conn, &mut state, ctx, true).await {
+        let Some(tls) = handshake(stream, ctx).await else {
+            return;
+        };
+        // RFC 3207: forget everything learned before the handshake.
+        state = State {
+            tls: true,
+            ..State::default()
+        };
+        // The upgraded dialogue cannot ask for STARTTLS again (`state.tls`), so its outcome is
+        // always Done.
+        let _ = dialogue(
+            Conn::new(tls, settings.idle_timeout),
+            &mut state,
+            ctx,
+            false,
+        )
+        .await;
+    }
+}
+
+async fn handshake<S>(stream: S, ctx: &Ctx<'_>) -> Option<tokio_rustls::server::TlsStream<S>>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let config = ctx.settings.tls.clone()?;
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    match tokio::time::timeout(ctx.settings.idle_timeout, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => {
+            debug!("TLS established");
+            Some(tls)
+        }
+        Ok(Err(e)) => {
+            info!(error = %e, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            info!("TLS handshake timed out");
+            None
+        }
+    }
+}
+
+/// Per-connection state that survives between transactions.
+#[derive(Default)]
+struct State {
+    helo: Option<String>,
+    tls: bool,
+    auth_user: Option<String>,
+    tx: Option<Transaction>,
+    errors: usize,
+    auth_failures: usize,
+}
+
+/// One mail transaction, MAIL FROM to end of DATA.
+struct Transaction {
+    mail_from: String,
+    rcpt_to: Vec<String>,
+    smtputf8: bool,
+}
+
+enum Outcome<S> {
+    Done,
+    StartTls(S),
+}
+
+/// What to do after a command.
+enum Flow {
+    Continue,
+    Close,
+    StartTls,
+}
+
+async fn dialogue<S>(mut conn: Conn<S>, state: &mut State, ctx: &Ctx<'_>, greet: bool) -> Outcome<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let mut session = Session { state, ctx };
+    if greet {
+        conn.reply_raw(&format!(
+            "220 {} ESMTP graph-relay ready\r\n",
+            ctx.settings.hostname
+        ));
+    }
+    loop {
+        if ctx.stop.soft.is_cancelled() && session.state.tx.is_none() {
+            session
+                .close_with(&mut conn, reply::shutting_down(&ctx.settings.hostname))
+                .await;
+            return Outcome::Done;
+        }
+        let line = match conn
+            .next_line(ctx.settings.idle_timeout, session.stop_token())
+            .await
+        {
+            Ok(line) => line,
+            Err(e) => {
+                session.read_ended(&mut conn, e).await;
+                return Outcome::Done;
+            }
+        };
+        let flow = match line {
+            Line::TooLong => session.protocol_error(&mut conn, reply::line_too_long()),
+            Line::Complete(line) => session.command(&mut conn, &line).await,
+        };
+        match flow {
+            Flow::Continue => {}
+            Flow::Close => {
+                let _ = conn.flush().await;
+                return Outcome::Done;
+            }
+            Flow::StartTls => {
+                if conn.flush().await.is_err() {
+                    return Outcome::Done;
+                }
+                return Outcome::StartTls(conn.into_inner());
+            }
+        }
+        if let Err(e) = conn.flush_if_large().await {
+            session.read_ended(&mut conn, e).await;
+            return Outcome::Done;
+        }
+    }
+}
+
+struct Session<'s, 'c> {
+    state: &'s mut State,
+    ctx: &'s Ctx<'c>,
+}
+
+impl Session<'_, '_> {
+    fn host(&self) -> &str {
+        &self.ctx.settings.hostname
+    }
+
+    /// Idle sessions stop at shutdown; sessions inside a transaction only when the grace period
+    /// is over.
+    fn stop_token(&self) -> &CancellationToken {
+        if self.state.tx.is_some() {
+            &self.ctx.stop.hard
+        } else {
+            &self.ctx.stop.soft
+        }
+    }
+
+    fn auth_offered(&self) -> bool {
+        !self.ctx.settings.users.is_empty()
+            && (self.state.tls || self.ctx.peer.ip().to_canonical().is_loopback())
+    }
+
+    fn starttls_offered(&self) -> bool {
+        self.ctx.settings.tls.is_some() && !self.state.tls
+    }
+
+    async fn close_with<S>(&mut self, conn: &mut Conn<S>, reply: Reply)
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        conn.reply(&reply);
+        let _ = conn.flush().await;
+    }
+
+    /// The input ended (EOF, timeout or shutdown): say why where there is someone to tell.
+    async fn read_ended<S>(&mut self, conn: &mut Conn<S>, why: ReadError)
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let host = self.host().to_string();
+        match why {
+            ReadError::Closed => debug!("client closed the connection"),
+            ReadError::TimedOut => {
+                info!("idle timeout");
+                self.close_with(conn, reply::timeout(&host)).await;
+            }
+            ReadError::Shutdown => {
+                info!("closing for shutdown");
+                self.close_with(conn, reply::shutting_down(&host)).await;
+            }
+        }
+    }
+
+    /// A protocol error: the reply, or 421 and close once the client has made too many.
+    fn protocol_error<S>(&mut self, conn: &mut Conn<S>, reply: Reply) -> Flow
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        self.state.errors += 1;
+        if self.state.errors > self.ctx.settings.max_errors {
+            info!(errors = self.state.errors, "too many errors; closing");
+            conn.reply(&reply::too_many_errors(self.host()));
+            return Flow::Close;
+        }
+        conn.reply(&reply);
+        Flow::Continue
+    }
+
+    async fn command<S>(&mut self, conn: &mut Conn<S>, line: &[u8]) -> Flow
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send,
+    {
+        let request = match Request::parse(&mut line.iter()) {
+            Ok(request) => request,
+            Err(e) => {
+                let reply = parse_error_reply(&e);
+                debug!(reply = reply.code(), "bad command");
+                return self.protocol_error(conn, reply);
+            }
+        };
+        match request {
+            Request::Ehlo { host } => self.ehlo(conn, host, true),
+            Request::Helo { host } => self.ehlo(conn, host, false),
+            Request::Mail { from } => self.mail(conn, from),
+            Request::Rcpt { to } => self.rcpt(conn, to),
+            Request::Data => self.data(conn).await,
+            Request::Rset => {
+                self.state.tx = None;
+                conn.reply(&reply::ok());
+                Flow::Continue
+            }
+            Request::Noop { .. } => {
+                conn.reply(&reply::ok());
+                Flow::Continue
+            }
+            Request::Vrfy { .. } => {
+                conn.reply(&reply::vrfy());
+                Flow::Continue
+            }
+            Request::Help { .. } => {
+                let mut commands =
+                    String::from("EHLO HELO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP");
+                if self.starttls_offered() {
+                    commands.push_str(" STARTTLS");
+                }
+                if self.auth_offered() {
+                    commands.push_str(" AUTH");
+                }
+                conn.reply(&Reply::new(
+                    214,
+                    [2, 0, 0],
+                    format!("Supported commands: {commands}"),
+                ));
+                Flow::Continue
+            }
+            Request::Quit => {
+                conn.reply(&reply::bye(self.host()));
+                Flow::Close
+            }
+            Request::StartTls => self.starttls(conn),
+            Request::Auth {
+                mechanism,
+                initial_response,
+            } => self.auth(conn, mechanism, initial_response).await,
+            Request::Bdat { chunk_size, .. } => self.bdat(conn, chunk_size).await,
+            Request::Lhlo { .. } => self.protocol_error(conn, reply::not_implemented("LHLO")),
+            Request::Expn { .. } => self.protocol_error(conn, reply::not_implemented("EXPN")),
+            Request::Etrn { .. } => self.protocol_error(conn, reply::not_implemented("ETRN")),
+            Request::Atrn { .. } => self.protocol_error(conn, reply::not_implemented("ATRN")),
+            Request::Burl { .. } => self.protocol_error(conn, reply::not_implemented("BURL")),
+        }
+    }
+
+    fn ehlo<S>(&mut self, conn: &mut Conn<S>, client: Cow<'_, str>, extended: bool) -> Flow
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        self.state.helo = Some(client.into_owned());
+        self.state.tx = None;
+        let host = self.host().to_string();
+        if !extended {
+            conn.reply_raw(&format!("250 {host}\r\n"));
+            return Flow::Continue;
+        }
+        // Written by hand rather than with smtp_proto::EhloResponse, whose first line carries a
+        // fixed joke and whose keyword order we do not control.
+        let mut lines = vec![
+            host,
+            format!("SIZE {}", self.ctx.settings.max_message_bytes),
+            "PIPELINING".to_string(),
+            "8BITMIME".to_string(),
+            "SMTPUTF8".to_string(),
+        ];
+        if self.starttls_offered() {
+            lines.push("STARTTLS".to_string());
+        }
+        if self.auth_offered() {
+            lines.push("AUTH PLAIN LOGIN".to_string());
+        }
+        lines.push("ENHANCEDSTATUSCODES".to_string());
+        let last = lines.len() - 1;
+        let mut text = String::new();
+        for (i, line) in lines.iter().enumerate() {
+            let sep = if i == last { ' ' } else { '-' };
+            text.push_str(&format!("250{sep}{line}\r\n"));
+        }
+        conn.reply_raw(&text);
+        Flow::Continue
+    }
+
+    fn mail<S>(&mut self, conn: &mut Conn<S>, from: MailFrom<Cow<'_, str>>) -> Flow
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let settings = self.ctx.settings;
+        if self.state.helo.is_none() {
+            return self.protocol_error(conn, reply::bad_sequence("Send EHLO or HELO first"));
+        }
+        if self.state.tx.is_some() {
+            return self.protocol_error(conn, reply::bad_sequence("Nested MAIL command"));
+        }
+        if settings.require_auth && self.state.auth_user.is_none() {
+            conn.reply(&reply::auth_required());
+            return Flow::Continue;
+        }
+        if from.flags & MAIL_BODY_BINARYMIME != 0 {
+            return self.protocol_error(conn, reply::unsupported_parameter("BODY=BINARYMIME"));
+        }
+        if from.size > settings.max_message_bytes {
+            conn.reply(&reply::too_big());
+            return Flow::Continue;
+        }
+        if !valid_address(&from.address) {
+            return self.protocol_error(conn, reply::bad_sender());
+        }
+        self.state.tx = Some(Transaction {
+            mail_from: from.address.into_owned(),
+            rcpt_to: Vec::new(),
+            smtputf8: from.flags & MAIL_SMTPUTF8 != 0,
+        });
+        conn.reply(&reply::sender_ok());
+        Flow::Continue
+    }
+
+    fn rcpt<S>(&mut self, conn: &mut Conn<S>, to: RcptTo<Cow<'_, str>>) -> Flow
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let max = self.ctx.settings.max_recipients;
+        let Some(tx) = self.state.tx.as_mut() else {
+            return self.protocol_error(conn, reply::bad_sequence("Need MAIL command"));
+        };
+        if to.address.is_empty() || !valid_address(&to.address) {
+            return self.protocol_error(conn, reply::bad_recipient());
+        }
+        if tx
+            .rcpt_to
+            .iter()
+            .any(|r| r.eq_ignore_ascii_case(&to.address))
+        {
+            conn.reply(&reply::recipient_ok());
+            return Flow::Continue;
+        }
+        if tx.rcpt_to.len() >= max {
+            conn.reply(&reply::too_many_recipients());
+            return Flow::Continue;
+        }
+        tx.rcpt_to.push(to.address.into_owned());
+        conn.reply(&reply::recipient_ok());
+        Flow::Continue
+    }
+
+    async fn data<S>(&mut self, conn: &mut Conn<S>) -> Flow
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        match &self.state.tx {
+            None => return self.protocol_error(conn, reply::bad_sequence("Need MAIL command")),
+            Some(tx) if tx.rcpt_to.is_empty() => {
+                return self.protocol_error(conn, reply::bad_sequence("Need RCPT command"));
+            }
+            Some(_) => {}
+        }
+        conn.reply(&reply::start_data());
+        let settings = self.ctx.settings;
+        let max = settings.max_message_bytes;
+        let mut receiver = DataReceiver::new();
+        let mut discard: Option<DummyDataReceiver> = None;
+        let mut body = Vec::new();
+        loop {
+            let avail = conn.buffered();
+            let mut bytes = avail.iter();
+            let done = match discard.as_mut() {
+                Some(d) => d.ingest(&mut bytes),
+                None => receiver.ingest(&mut bytes, &mut body),
+            };
+            let used = avail.len() - bytes.as_slice().len();
+            conn.consume(used);
+            if discard.is_none() && body.len() > max {
+                // Over the limit: keep reading to the end of the data, keep nothing.
+                discard = Some(DummyDataReceiver::new_data(&receiver));
+                body = Vec::new();
+            }
+            if done {
+                break;
+            }
+            if let Err(e) = conn.fill(settings.data_timeout, &self.ctx.stop.hard).await {
+                self.state.tx = None;
+                if e == ReadError::Closed {
+                    info!("client went away during DATA; nothing accepted");
+                } else {
+                    self.read_ended(conn, e).await;
+                }
+                return Flow::Close;
+            }
+        }
+        let Some(tx) = self.state.tx.take() else {
+            return Flow::Continue;
+        };
+        if discard.is_some() {
+            info!(limit = max, "message over the size limit; refused");
+            conn.reply(&reply::too_big());
+            return Flow::Continue;
+        }
+        let size = body.len();
+        let recipients = tx.rcpt_to.len();
+        let envelope = Envelope {
+            mail_from: tx.mail_from,
+            rcpt_to: tx.rcpt_to,
+            helo: self.state.helo.clone().unwrap_or_default(),
+            client_ip: Some(self.ctx.peer.ip().to_canonical()),
+            auth_user: self.state.auth_user.clone(),
+            smtputf8: tx.smtputf8,
+        };
+        let reply = match self.ctx.sink.accept(envelope, body).await {
+            Ok(id) => {
+                info!(queue_id = %id, size, recipients, "message accepted");
+                reply::queued(id.as_str())
+            }
+            Err(AcceptError::Unavailable(why)) => {
+                warn!(error = %why, "spool unavailable; answered 451");
+                reply::spool_unavailable()
+            }
+            Err(AcceptError::NoSpace(why)) => {
+                warn!(error = %why, "spool full; answered 452");
+                reply::spool_full()
+            }
+            Err(AcceptError::Rejected(why)) => {
+                info!(reason = %why, "message rejected; answered 554");
+                reply::rejected(&why)
+            }
+        };
+        conn.reply(&reply);
+        Flow::Continue
+    }
+
+    /// BDAT is not advertised; a client that sends it anyway gets its chunk skipped (so the
+    /// chunk is never read as commands) and a 502.
+    async fn bdat<S>(&mut self, conn: &mut Conn<S>, chunk_size: usize) -> Flow
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let mut skip = DummyDataReceiver::new_bdat(chunk_size);
+        while chunk_size > 0 {
+            let avail = conn.buffered();
+            let mut bytes = avail.iter();
+            let done = skip.ingest(&mut bytes);
+            let used = avail.len() - bytes.as_slice().len();
+            conn.consume(used);
+            if done {
+                break;
+            }
+            if let Err(e) = conn
+                .fill(self.ctx.settings.data_timeout, self.stop_token())
+                .await
+            {
+                self.read_ended(conn, e).await;
+                return Flow::Close;
+            }
+        }
+        self.state.tx = None;
+        self.protocol_error(conn, reply::not_implemented("BDAT"))
+    }
+
+    fn starttls<S>(&mut self, conn: &mut Conn<S>) -> Flow
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        if self.state.tls {
+            return self.protocol_error(conn, reply::bad_sequence("TLS already active"));
+        }
+        if self.ctx.settings.tls.is_none() {
+            return self.protocol_error(conn, reply::not_implemented("STARTTLS"));
+        }
+        conn.reply(&reply::start_tls());
+        Flow::StartTls
+    }
+
+    async fn auth<S>(&mut self, conn: &mut Conn<S>, mechanism: u64, initial: Cow<'_, str>) -> Flow
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        if !self.auth_offered() {
+            if !self.ctx.settings.users.is_empty() && !self.state.tls {
+                conn.reply(&reply::encryption_required());
+                return Flow::Continue;
+            }
+            return self.protocol_error(conn, reply::not_implemented("AUTH"));
+        }
+        if self.state.auth_user.is_some() {
+            return self.protocol_error(conn, reply::bad_sequence("Already authenticated"));
+        }
+        if self.state.tx.is_some() {
+            return self.protocol_error(
+                conn,
+                reply::bad_sequence("AUTH not allowed during a mail transaction"),
+            );
+        }
+        let initial = (!initial.is_empty()).then(|| initial.as_bytes().to_vec());
+        let creds = match mechanism {
+            AUTH_PLAIN => {
+                let message = match self.sasl_step(conn, initial, sasl::PLAIN_CHALLENGE).await {
+                    Ok(m) => m,
+                    Err(flow) => return flow,
+                };
+                sasl::parse_plain(&message)
+            }
+            AUTH_LOGIN => {
+                let user = match self.sasl_step(conn, initial, sasl::LOGIN_USERNAME).await {
+                    Ok(m) => m,
+                    Err(flow) => return flow,
+                };
+                let password = match self.sasl_step(conn, None, sasl::LOGIN_PASSWORD).await {
+                    Ok(m) => m,
+                    Err(flow) => return flow,
+                };
+                sasl::Credentials::new(user, password)
+            }
+            _ => return self.protocol_error(conn, reply::auth_mechanism()),
+        };
+        let verdict = match &creds {
+            Some(c) => sasl::verify(&self.ctx.settings.users, c),
+            None => sasl::Verdict::Invalid,
+        };
+        match (verdict, creds) {
+            (sasl::Verdict::Valid, Some(c)) => {
+                info!(user = %c.username, "authenticated");
+                self.state.auth_user = Some(c.username);
+                conn.reply(&reply::auth_ok());
+                Flow::Continue
+            }
+            (verdict, _) => {
+                if verdict == sasl::Verdict::Unsupported {
+                    warn!(
+                        "AUTH for a user with a password_hash: hashed passwords are not supported yet"
+                    );
+                } else {
+                    info!("AUTH failed");
+                }
+                self.state.auth_failures += 1;
+                if self.state.auth_failures >= self.ctx.settings.max_auth_failures {
+                    conn.reply(&reply::auth_failed());
+                    conn.reply(&reply::too_many_errors(self.host()));
+                    return Flow::Close;
+                }
+                conn.reply(&reply::auth_failed());
+                Flow::Continue
+            }
+        }
+    }
+
+    /// One SASL round: the initial response if the client gave one, else the challenge and the
+    /// client's next line. `Err` carries what the session does instead (reply already queued).
+    async fn sasl_step<S>(
+        &mut self,
+        conn: &mut Conn<S>,
+        initial: Option<Vec<u8>>,
+        challenge: &str,
+    ) -> Result<Vec<u8>, Flow>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let line = match initial {
+            Some(line) => line,
+            None => {
+                conn.reply_raw(challenge);
+                match conn
+                    .next_line(self.ctx.settings.idle_timeout, self.stop_token())
+                    .await
+                {
+                    Ok(Line::Complete(line)) => line,
+                    Ok(Line::TooLong) => {
+                        return Err(self.protocol_error(conn, reply::line_too_long()));
+                    }
+                    Err(e) => {
+                        self.read_ended(conn, e).await;
+                        return Err(Flow::Close);
+                    }
+                }
+            }
+        };
+        match sasl::decode(&line) {
+            sasl::Response::Data(bytes) => Ok(bytes),
+            sasl::Response::Cancel => {
+                conn.reply(&reply::auth_cancelled());
+                Err(Flow::Continue)
+            }
+            sasl::Response::BadBase64 => Err(self.protocol_error(conn, reply::auth_bad_base64())),
+        }
+    }
+}
+
+/// smtp-proto decodes invalid UTF-8 lossily; such an address (or one with control characters)
+/// can never be delivered through Graph, so it is refused up front.
+fn valid_address(address: &str) -> bool {
+    !address.contains('\u{FFFD}') && !address.chars().any(char::is_control)
+}
+
+fn parse_error_reply(e: &ParseError) -> Reply {
+    match e {
+        ParseError::UnknownCommand => reply::unknown_command(),
+        ParseError::SyntaxError { syntax } => reply::syntax(syntax),
+        ParseError::InvalidSenderAddress => reply::bad_sender(),
+        ParseError::InvalidRecipientAddress => reply::bad_recipient(),
+        ParseError::InvalidParameter { param } => {
+            Reply::new(501, [5, 5, 4], format!("Invalid {param} parameter"))
+        }
+        ParseError::UnsupportedParameter { param } => reply::unsupported_parameter(param),
+        ParseError::ResponseTooLong => reply::line_too_long(),
+        ParseError::NeedsMoreData { .. } | ParseError::InvalidResponse { .. } => {
+            Reply::new(500, [5, 5, 2], "Syntax error")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_errors_map_to_enhanced_replies() {
+        let cases: [(&[u8], &str); 6] = [
+            (b"FOO\r\n", "500 5.5.1 Unknown command"),
+            (
+                b"MAIL FROM:a@b\r\n",
+                "501 5.5.4 Syntax: MAIL FROM:<reverse-path> [parameters]",
+            ),
+            (
+                b"MAIL FROM:<a@b> FOO=bar\r\n",
+                "555 5.5.4 Unsupported parameter FOO=BAR",
+            ),
+            (
+                b"MAIL FROM:<a@b> SIZE=x\r\n",
+                "501 5.5.4 Invalid SIZE parameter",
+            ),
+            (b"EHLO\r\n", "501 5.5.4 Syntax: EHLO domain"),
+            (
+                b"MAIL FROM:<\"\"@b>\r\n",
+                "501 5.1.7 Bad sender address syntax",
+            ),
+        ];
+        for (line, want) in cases {
+            let err = Request::parse(&mut line.iter()).expect_err("must not parse");
+            assert_eq!(parse_error_reply(&err).to_string(), want);
+        }
+    }
+
+    #[test]
+    fn lossy_or_control_addresses_are_refused() {
+        assert!(valid_address("a@b.example"));
+        assert!(valid_address("jö@exämple.de"));
+        assert!(!valid_address("a\u{FFFD}@b"));
+        assert!(!valid_address("a\u{7}@b"));
+    }
+}

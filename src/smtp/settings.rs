@@ -1,0 +1,203 @@
+//! What the SMTP listener and its sessions need from the configuration, in the units they use.
+//! Built once at start-up and shared read-only; the only I/O here is reading the TLS PEM files in
+//! `try_from_config`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use tokio::sync::Semaphore;
+
+use crate::config::{Config, SmtpUser};
+
+use super::tls::{self, TlsSetupError};
+
+/// Settings for `serve` and `serve_connection`. Construct with `new` (defaults) or
+/// `from_config`, then adjust the public fields before wrapping in an `Arc`.
+pub struct SmtpSettings {
+    /// Name in the 220 greeting, the EHLO reply and 421s.
+    pub hostname: String,
+    /// Largest message accepted (after dot-unstuffing); advertised as `SIZE`.
+    pub max_message_bytes: usize,
+    /// Clients outside these networks get `554 5.7.1` at connect.
+    pub allowed_networks: Vec<IpNet>,
+    /// Most distinct recipients per transaction; more get `452 4.5.3`.
+    pub max_recipients: usize,
+    /// Concurrent connections over every listener sharing these settings; more get `421 4.7.0`.
+    pub max_connections: usize,
+    /// Longest silence while waiting for a command (and for writes to drain) before `421 4.4.2`.
+    pub idle_timeout: Duration,
+    /// Longest silence while receiving DATA before `421 4.4.2`.
+    pub data_timeout: Duration,
+    /// After shutdown starts, how long sessions in the middle of a transaction may finish it.
+    pub shutdown_grace: Duration,
+    /// Protocol errors (unknown commands, bad syntax, out of order) tolerated per connection;
+    /// the next one gets `421 4.7.0` and the connection is closed.
+    pub max_errors: usize,
+    /// Failed AUTH attempts tolerated per connection; the next one closes it with `421 4.7.0`.
+    pub max_auth_failures: usize,
+    /// MAIL FROM needs a successful AUTH first (`530 5.7.0`).
+    pub require_auth: bool,
+    /// AUTH users. AUTH is offered only when this is not empty.
+    pub users: BTreeMap<String, SmtpUser>,
+    /// When set, STARTTLS is offered and `serve_implicit_tls` works.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    limiter: OnceLock<Arc<Semaphore>>,
+}
+
+impl SmtpSettings {
+    /// The built-in defaults (those of `relay.toml`), with the given host name.
+    pub fn new(hostname: impl Into<String>) -> Self {
+        SmtpSettings {
+            hostname: one_line(&hostname.into()),
+            max_message_bytes: 36_700_160,
+            allowed_networks: vec![
+                IpNet::V4(
+                    Ipv4Net::new(Ipv4Addr::new(127, 0, 0, 0), 8).expect("8 is a valid prefix"),
+                ),
+                IpNet::V6(Ipv6Net::new(Ipv6Addr::LOCALHOST, 128).expect("128 is a valid prefix")),
+            ],
+            max_recipients: 1000,
+            max_connections: 200,
+            idle_timeout: Duration::from_secs(300),
+            data_timeout: Duration::from_secs(300),
+            shutdown_grace: Duration::from_secs(10),
+            max_errors: 10,
+            max_auth_failures: 3,
+            require_auth: false,
+            users: BTreeMap::new(),
+            tls: None,
+            limiter: OnceLock::new(),
+        }
+    }
+
+    /// Everything from the config except TLS (which needs file reads that can fail; see
+    /// `try_from_config`).
+    pub fn from_config(c: &Config) -> Self {
+        let smtp = &c.smtp;
+        let idle = Duration::from_secs(smtp.idle_timeout_secs.max(1));
+        let mut s = SmtpSettings::new(c.hostname());
+        s.max_message_bytes = usize::try_from(smtp.max_message_bytes).unwrap_or(usize::MAX);
+        s.allowed_networks = smtp.allowed_networks.clone();
+        s.max_recipients = smtp.max_recipients.max(1);
+        s.max_connections = smtp.max_connections.max(1);
+        s.idle_timeout = idle;
+        s.data_timeout = idle;
+        s.require_auth = smtp.require_auth;
+        s.users = smtp.users.clone();
+        s
+    }
+
+    /// `from_config` plus the TLS server config when `smtp.tls_cert`/`smtp.tls_key` are set.
+    pub fn try_from_config(c: &Config) -> Result<Self, TlsSetupError> {
+        let mut s = Self::from_config(c);
+        if let (Some(cert), Some(key)) = (&c.smtp.tls_cert, &c.smtp.tls_key) {
+            s.tls = Some(tls::load_server_config(cert, key)?);
+        }
+        Ok(s)
+    }
+
+    /// Whether a client at `ip` may connect at all.
+    pub fn allows(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        self.allowed_networks.iter().any(|net| net.contains(&ip))
+    }
+
+    /// The connection limit shared by every listener serving with these settings. Created on
+    /// first use from `max_connections`.
+    pub(crate) fn limiter(&self) -> Arc<Semaphore> {
+        self.limiter
+            .get_or_init(|| Arc::new(Semaphore::new(self.max_connections.max(1))))
+            .clone()
+    }
+}
+
+impl fmt::Debug for SmtpSettings {
+    // By hand: `users` holds passwords, which must never reach a log.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SmtpSettings")
+            .field("hostname", &self.hostname)
+            .field("max_message_bytes", &self.max_message_bytes)
+            .field("allowed_networks", &self.allowed_networks)
+            .field("max_recipients", &self.max_recipients)
+            .field("max_connections", &self.max_connections)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("data_timeout", &self.data_timeout)
+            .field("shutdown_grace", &self.shutdown_grace)
+            .field("max_errors", &self.max_errors)
+            .field("max_auth_failures", &self.max_auth_failures)
+            .field("require_auth", &self.require_auth)
+            .field("users", &self.users.keys().collect::<Vec<_>>())
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
+}
+
+fn one_line(text: &str) -> String {
+    let clean: String = text
+        .chars()
+        .filter(|c| c.is_ascii_graphic() || *c == '.')
+        .collect();
+    if clean.is_empty() {
+        "localhost".to_string()
+    } else {
+        clean
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    #[test]
+    fn defaults_allow_loopback_only() {
+        let s = SmtpSettings::new("relay.test");
+        assert!(s.allows("127.0.0.1".parse().expect("ip")));
+        assert!(s.allows("127.9.9.9".parse().expect("ip")));
+        assert!(s.allows("::1".parse().expect("ip")));
+        assert!(s.allows("::ffff:127.0.0.1".parse().expect("ip")));
+        assert!(!s.allows("10.0.0.1".parse().expect("ip")));
+        assert!(!s.allows("::2".parse().expect("ip")));
+    }
+
+    #[test]
+    fn from_config_copies_the_smtp_section() {
+        let env = vec![
+            (
+                "GRAPH_RELAY__SMTP__HOSTNAME".to_string(),
+                "mx.example".to_string(),
+            ),
+            (
+                "GRAPH_RELAY__SMTP__MAX_MESSAGE_BYTES".to_string(),
+                "1234".to_string(),
+            ),
+            (
+                "GRAPH_RELAY__SMTP__IDLE_TIMEOUT_SECS".to_string(),
+                "7".to_string(),
+            ),
+            (
+                "GRAPH_RELAY__SMTP__MAX_RECIPIENTS".to_string(),
+                "5".to_string(),
+            ),
+        ];
+        let config = Config::from_layers(None, &env).expect("config");
+        let s = SmtpSettings::from_config(&config);
+        assert_eq!(s.hostname, "mx.example");
+        assert_eq!(s.max_message_bytes, 1234);
+        assert_eq!(s.max_recipients, 5);
+        assert_eq!(s.idle_timeout, Duration::from_secs(7));
+        assert_eq!(s.data_timeout, Duration::from_secs(7));
+        assert!(s.tls.is_none());
+        assert!(format!("{s:?}").contains("mx.example"));
+    }
+
+    #[test]
+    fn hostname_is_kept_to_one_token() {
+        assert_eq!(SmtpSettings::new("a\r\nb c").hostname, "abc");
+        assert_eq!(SmtpSettings::new("").hostname, "localhost");
+    }
+}
