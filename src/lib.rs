@@ -12,3 +12,4 @@ pub mod notify;
 // pub mod status; (gated)
 // pub mod app; (gated)
 pub mod cli;
+pub mod send_test;
