@@ -7,9 +7,9 @@ pub mod smtp;
 pub mod spool;
 pub mod convert;
 pub mod auth;
-// pub mod deliver; (gated until convert lands its API)
+pub mod deliver;
 pub mod notify;
-// pub mod status; (gated)
-// pub mod app; (gated)
+pub mod status;
+pub mod app;
 pub mod cli;
 pub mod send_test;

@@ -1,1 +1,204 @@
-fn main() {}
+//! CLI entry: parses the command line, sets up logging, runs one command and turns its outcome
+//! into an exit code. The only place that uses `anyhow`.
+
+use std::io::Write as _;
+use std::process::ExitCode;
+use std::time::SystemTime;
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+use graph_relay::app::{self, StartOptions};
+use graph_relay::auth::{TokenError, TokenState};
+use graph_relay::cli::{AuthCommand, Cli, Command, QueueCommand, SendTestArgs, ServeArgs};
+use graph_relay::clock::SystemClock;
+use graph_relay::config::{Config, ConfigError, Source};
+use graph_relay::send_test;
+use graph_relay::spool::{QueueId, Spool, SpoolError, list_line};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<ExitCode> {
+    let source = match &cli.config {
+        Some(path) => Source::Explicit(path.clone()),
+        None => Source::Default,
+    };
+    if let Command::Check = cli.command {
+        return Ok(check(&source));
+    }
+    let config = load(&source)?;
+    match cli.command {
+        Command::Serve(args) => serve(config, args).await,
+        Command::Check => unreachable!("handled above"),
+        Command::Auth(AuthCommand::Login) => auth(config, "credentials work").await,
+        Command::Auth(AuthCommand::Status) => auth(config, "token usable").await,
+        Command::Queue(command) => queue(config, command),
+        Command::SendTest(args) => send(config, args).await,
+    }
+}
+
+fn load(source: &Source) -> Result<Config> {
+    Config::load(source).map_err(|e| anyhow::anyhow!(e))
+}
+
+fn check(source: &Source) -> ExitCode {
+    match Config::load(source) {
+        Ok(_) => {
+            println!("configuration OK");
+            ExitCode::SUCCESS
+        }
+        Err(ConfigError::Invalid(errors)) => {
+            for error in errors {
+                println!("{error}");
+            }
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            println!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(config: Config, args: ServeArgs) -> Result<ExitCode> {
+    let running = app::start(
+        config,
+        StartOptions {
+            dry_run: args.dry_run,
+            ..StartOptions::default()
+        },
+    )
+    .await?;
+    let smtp: Vec<String> = running.smtp_addrs().iter().map(ToString::to_string).collect();
+    let status = running.status_addr().map_or_else(|| "off".to_string(), |a| a.to_string());
+    // A stable line scripts and tests wait for (ports may be 0 in the config).
+    println!("graph-relay ready smtp={} status={status}", smtp.join(","));
+    std::io::stdout().flush().ok();
+    wait_for_signal().await?;
+    tracing::info!("shutting down");
+    running.shutdown().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn wait_for_signal() -> Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}
+
+async fn auth(config: Config, ok_text: &str) -> Result<ExitCode> {
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .context("building the HTTP client")?;
+    let tokens = app::token_source(&config, http, std::sync::Arc::new(SystemClock));
+    match tokens.token().await {
+        Ok(token) => {
+            println!(
+                "state: {}\nexpires_at: {}\n{ok_text}",
+                TokenState::Valid.as_str(),
+                humantime::format_rfc3339_seconds(token.expires_at)
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            let state = match e {
+                TokenError::Missing(_) => TokenState::Missing,
+                TokenError::Reauth(_) => TokenState::ReauthRequired,
+                TokenError::Transient { .. } => tokens.status().state,
+            };
+            println!("state: {}\nreason: {e}", state.as_str());
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+fn queue(config: Config, command: QueueCommand) -> Result<ExitCode> {
+    let spool = Spool::open(&config.queue.dir).with_context(|| format!("opening {}", config.queue.dir.display()))?;
+    let now = SystemTime::now();
+    match command {
+        QueueCommand::List => {
+            for record in spool.list_all()? {
+                println!("{}", list_line(&record));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        QueueCommand::Retry { all: true, .. } => {
+            let moved = spool.retry_all_failed(now)?;
+            println!("{} failed message(s) queued for delivery now", moved.len());
+            Ok(ExitCode::SUCCESS)
+        }
+        QueueCommand::Retry { id, .. } => {
+            let id = parse_id(id.as_deref().unwrap_or_default())?;
+            known(spool.retry(&id, now).map(|r| println!("queued for delivery now: {}", list_line(&r))))
+        }
+        QueueCommand::Delete { id } => {
+            let id = parse_id(&id)?;
+            known(spool.delete(&id).map(|r| println!("deleted: {}", list_line(&r))))
+        }
+    }
+}
+
+fn parse_id(text: &str) -> Result<QueueId> {
+    match QueueId::parse(text.trim()) {
+        Some(id) => Ok(id),
+        None => bail!("{text:?} is not a queue id (see `graph-relay queue list`)"),
+    }
+}
+
+/// Exit 1 for an unknown id, as the contract says; other errors are real errors.
+fn known(result: Result<(), SpoolError>) -> Result<ExitCode> {
+    match result {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(SpoolError::NotFound(id)) => {
+            eprintln!("no message {id} in the queue");
+            Ok(ExitCode::FAILURE)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn send(config: Config, args: SendTestArgs) -> Result<ExitCode> {
+    let server = match args.server {
+        Some(server) => server,
+        None => config
+            .smtp
+            .listen
+            .first()
+            .map(ToString::to_string)
+            .context("smtp.listen is empty")?,
+    };
+    let from = args
+        .from
+        .or_else(|| config.microsoft.sender.clone())
+        .unwrap_or_else(|| "relay-test@localhost".to_string());
+    let reply = send_test::send(&server, &config.hostname(), &from, &args.to).await?;
+    println!("{reply}");
+    Ok(if reply.starts_with("250") { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}

@@ -149,4 +149,13 @@ impl TokenSource for ClientCredentials {
     fn status(&self) -> TokenStatus {
         self.status.get()
     }
+
+    fn subscribe(&self) -> tokio::sync::watch::Receiver<TokenStatus> {
+        self.status.subscribe()
+    }
+
+    fn rejected(&self, reason: &str) {
+        *self.cached.lock().expect("token cache lock") = None;
+        self.status.record(&Err(TokenError::Reauth(reason.to_string())));
+    }
 }

@@ -11,11 +11,12 @@
 mod client_credentials;
 pub mod entra;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use serde::Serialize;
+use tokio::sync::watch;
 
 pub use client_credentials::{AppCredential, ClientCredentials};
 
@@ -98,18 +99,28 @@ pub trait TokenSource: Send + Sync + 'static {
     /// Graph refused `token` (401): forget it so the next `token()` fetches a new one.
     fn invalidate(&self, token: &AccessToken);
     fn status(&self) -> TokenStatus;
+    /// Every change of `status()`.
+    fn subscribe(&self) -> watch::Receiver<TokenStatus>;
+    /// Graph refused even a freshly issued token: the grant is dead although the token
+    /// endpoint still answers. Moves the state to `reauth_required` with `reason`.
+    fn rejected(&self, reason: &str);
 }
 
 /// The source used when no credentials are configured: mail is accepted and held.
 pub struct NoCredentials {
     reason: String,
+    status: StatusCell,
 }
 
 impl NoCredentials {
     pub fn new(reason: impl Into<String>) -> Self {
-        NoCredentials {
-            reason: reason.into(),
-        }
+        let reason = reason.into();
+        let status = StatusCell::new(TokenStatus {
+            state: TokenState::Missing,
+            reason: reason.clone(),
+            expires_at: None,
+        });
+        NoCredentials { reason, status }
     }
 }
 
@@ -120,55 +131,57 @@ impl TokenSource for NoCredentials {
     }
     fn invalidate(&self, _token: &AccessToken) {}
     fn status(&self) -> TokenStatus {
-        TokenStatus {
-            state: TokenState::Missing,
-            reason: self.reason.clone(),
-            expires_at: None,
-        }
+        self.status.get()
     }
+    fn subscribe(&self) -> watch::Receiver<TokenStatus> {
+        self.status.subscribe()
+    }
+    fn rejected(&self, _reason: &str) {}
 }
 
-/// The state a token source reports, updated as tokens are fetched or refused. Shared so the
-/// status page and notices read the same thing.
+/// The state a token source reports, updated as tokens are fetched or refused. A watch channel,
+/// so the status page reads it and the notifier hears every change.
 #[derive(Debug, Clone)]
-pub struct StatusCell(Arc<Mutex<TokenStatus>>);
+pub struct StatusCell(Arc<watch::Sender<TokenStatus>>);
 
 impl StatusCell {
     pub fn new(initial: TokenStatus) -> Self {
-        StatusCell(Arc::new(Mutex::new(initial)))
+        StatusCell(Arc::new(watch::Sender::new(initial)))
     }
 
     pub fn get(&self) -> TokenStatus {
-        self.0.lock().expect("status lock").clone()
+        self.0.borrow().clone()
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<TokenStatus> {
+        self.0.subscribe()
     }
 
     /// Records the outcome of a token request. Transient failures never change the state.
     pub fn record(&self, outcome: &Result<AccessToken, TokenError>) {
-        let mut status = self.0.lock().expect("status lock");
-        match outcome {
-            Ok(token) => {
-                *status = TokenStatus {
-                    state: TokenState::Valid,
-                    reason: String::new(),
-                    expires_at: Some(token.expires_at),
-                }
-            }
-            Err(TokenError::Reauth(reason)) => {
-                *status = TokenStatus {
-                    state: TokenState::ReauthRequired,
-                    reason: reason.clone(),
-                    expires_at: None,
-                }
-            }
-            Err(TokenError::Missing(reason)) => {
-                *status = TokenStatus {
-                    state: TokenState::Missing,
-                    reason: reason.clone(),
-                    expires_at: None,
-                }
-            }
-            Err(TokenError::Transient { .. }) => {}
-        }
+        let next = match outcome {
+            Ok(token) => TokenStatus {
+                state: TokenState::Valid,
+                reason: String::new(),
+                expires_at: Some(token.expires_at),
+            },
+            Err(TokenError::Reauth(reason)) => TokenStatus {
+                state: TokenState::ReauthRequired,
+                reason: reason.clone(),
+                expires_at: None,
+            },
+            Err(TokenError::Missing(reason)) => TokenStatus {
+                state: TokenState::Missing,
+                reason: reason.clone(),
+                expires_at: None,
+            },
+            Err(TokenError::Transient { .. }) => return,
+        };
+        self.0.send_if_modified(|current| {
+            let changed = *current != next;
+            *current = next;
+            changed
+        });
     }
 }
 

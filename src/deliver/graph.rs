@@ -63,7 +63,7 @@ impl GraphTransport {
     /// with a new token (a draft left behind by the first try is harmless: it was never sent).
     async fn run(&self, plan: &GraphPlan) -> Result<(), DeliveryError> {
         let token = self.token().await?;
-        match self.run_steps(plan, &token).await {
+        let outcome = match self.run_steps(plan, &token).await {
             Err(Failure::Unauthorized(first)) => {
                 warn!(%first, "Graph refused the access token; fetching a new one and retrying once");
                 self.tokens.invalidate(&token);
@@ -76,7 +76,12 @@ impl GraphTransport {
                 }
             }
             other => other.map_err(Failure::into_delivery),
+        };
+        if let Err(DeliveryError::Reauth(reason)) = &outcome {
+            // The token endpoint may still hand out tokens Graph refuses: the state must say so.
+            self.tokens.rejected(reason);
         }
+        outcome
     }
 
     async fn run_steps(&self, plan: &GraphPlan, token: &AccessToken) -> Result<(), Failure> {
@@ -87,7 +92,8 @@ impl GraphTransport {
                 Step::PostJson { path, body, expect } => {
                     let request = self.http.post(self.url(&path, &message_id)).json(&body);
                     let response = self.send(request, Some(token), expect).await?;
-                    if expect == 201 {
+                    if message_id.is_empty() && expect == 201 {
+                        // The first 201 is the draft's creation.
                         message_id = read_field(response, "id").await?;
                     }
                 }

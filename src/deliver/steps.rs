@@ -5,7 +5,7 @@
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use crate::convert::{GraphPlan, LargeAttachment, PlanRequest};
+use crate::convert::{GraphPlan, LargeAttachment, MAX_INLINE_ATTACHMENT_BYTES, PlanRequest};
 
 /// Upload chunk size: a multiple of 320 KiB and under 4 MiB, which satisfies both the Outlook
 /// attachment rule (≤ 4 MB per PUT) and the driveItem rule (multiples of 320 KiB).
@@ -58,6 +58,16 @@ pub fn steps(plan: &GraphPlan) -> Vec<Step<'_>> {
                 expect: 201,
             }];
             for attachment in uploads {
+                if attachment.bytes.len() < MAX_INLINE_ATTACHMENT_BYTES {
+                    // Upload sessions refuse files under 3 MB; those are posted whole.
+                    steps.push(Step::PostJson {
+                        path: format!("{draft}/attachments"),
+                        body: serde_json::to_value(attachment.to_file_attachment())
+                            .expect("Graph JSON always serializes"),
+                        expect: 201,
+                    });
+                    continue;
+                }
                 steps.push(Step::CreateUpload {
                     path: format!("{draft}/attachments/createUploadSession"),
                     body: upload_session_body(attachment),
