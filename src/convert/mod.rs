@@ -1,1 +1,389 @@
-//! placeholder
+//! convert: the pure step "raw MIME + envelope → Graph request plan(s)". Owns recipients, the
+//! From policy, body/attachment mapping, header mapping and the size switch; never does I/O,
+//! never panics on any input (NUL bytes, 8-bit headers, broken MIME, bare LF).
+//!
+//! One message becomes one [`GraphPlan`] per group of at most 500 envelope recipients:
+//! - [`PlanRequest::SendMail`]: one JSON `POST {mailbox}/sendMail`, body < 4,000,000 bytes;
+//! - [`PlanRequest::Mime`]: signed or encrypted mail, `POST {mailbox}/sendMail` with
+//!   `Content-Type: text/plain` and the base64 MIME as body (see [`mime`] for header edits);
+//! - [`PlanRequest::Draft`]: larger mail: `POST {mailbox}/messages` with `message` (small
+//!   attachments inline while it stays < 4,000,000 bytes), then add each of `uploads` (POST
+//!   `/attachments` below 3 MB, `createUploadSession` from 3 MB), then `POST .../send`.
+//!   Graph has no `saveToSentItems` for a sent draft.
+
+pub mod graph_json;
+
+mod body;
+mod headers;
+mod mime;
+mod recipients;
+mod sender;
+mod text;
+
+use std::io;
+
+use base64::Engine as _;
+use mail_parser::MessageParser;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::spool::Envelope;
+use graph_json::{FileAttachment, Message, Recipient, SendMail};
+
+pub use headers::MAX_INTERNET_MESSAGE_HEADERS;
+pub use recipients::MAX_RECIPIENTS_PER_MESSAGE;
+
+/// A Graph request body must stay below this many bytes (Graph's "4 MB"; the decimal reading
+/// leaves a margin against the binary one).
+pub const MAX_REQUEST_BYTES: usize = 4_000_000;
+
+/// Attachments of this size or larger never go inline in JSON; they are `uploads`.
+pub const MAX_INLINE_ATTACHMENT_BYTES: usize = 3_000_000;
+
+/// What the operator configured (`microsoft.*`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConvertOptions {
+    /// `microsoft.sender`: the default mailbox.
+    pub sender: Option<String>,
+    /// `microsoft.allowed_senders`: addresses or `*@domain` that send as themselves.
+    pub allowed_senders: Vec<String>,
+    pub save_to_sent_items: bool,
+    /// Delegated flow: the mailbox is always `/me`.
+    pub delegated: bool,
+}
+
+impl Default for ConvertOptions {
+    fn default() -> Self {
+        ConvertOptions {
+            sender: None,
+            allowed_senders: Vec::new(),
+            save_to_sent_items: true,
+            delegated: false,
+        }
+    }
+}
+
+/// The mailbox a plan is posted to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Mailbox {
+    Me,
+    User(String),
+}
+
+impl Mailbox {
+    /// URL path prefix below the Graph base URL: `/me` or `/users/{upn}` (percent-encoded, so
+    /// an address can never add path segments or a query).
+    pub fn path(&self) -> String {
+        match self {
+            Mailbox::Me => "/me".to_string(),
+            Mailbox::User(u) => format!("/users/{}", text::encode_path_segment(u.trim())),
+        }
+    }
+}
+
+/// One Graph message to send: where, what, and to how many recipients.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GraphPlan {
+    pub mailbox: Mailbox,
+    pub request: PlanRequest,
+    /// Recipients named by this plan (To + Cc + Bcc), at most 500.
+    pub recipients: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PlanRequest {
+    /// `POST {mailbox}/sendMail`, JSON; serialized body < [`MAX_REQUEST_BYTES`].
+    SendMail(SendMail),
+    /// `POST {mailbox}/sendMail`, `Content-Type: text/plain`, body = `base64` (no line breaks).
+    Mime { base64: String },
+    /// `POST {mailbox}/messages` with `message`, then add `uploads` in order, then
+    /// `POST {mailbox}/messages/{id}/send`.
+    Draft {
+        message: Message,
+        uploads: Vec<LargeAttachment>,
+    },
+}
+
+/// An attachment added to a draft after it is created.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LargeAttachment {
+    pub name: String,
+    pub content_type: String,
+    pub is_inline: bool,
+    /// Without angle brackets.
+    pub content_id: Option<String>,
+    /// Decoded bytes.
+    pub bytes: Vec<u8>,
+}
+
+impl LargeAttachment {
+    /// The same attachment as an inline JSON `fileAttachment`.
+    pub fn to_file_attachment(&self) -> FileAttachment {
+        FileAttachment::new(
+            self.name.clone(),
+            self.content_type.clone(),
+            &self.bytes,
+            self.is_inline,
+            self.content_id.clone(),
+        )
+    }
+}
+
+/// Why a message cannot be converted. See [`ConvertError::is_permanent`].
+#[derive(thiserror::Error, Debug, Clone, PartialEq, Eq)]
+pub enum ConvertError {
+    /// Permanent: zero bytes or only whitespace.
+    #[error("message is empty")]
+    Empty,
+    /// Permanent: no header field could be read (no header section at all).
+    #[error("message has no header section")]
+    Unparseable,
+    /// Permanent: the envelope names no recipient.
+    #[error("no recipients: the envelope has no RCPT TO address")]
+    NoRecipients,
+    /// Configuration: From is not in `microsoft.allowed_senders` and `microsoft.sender` is not
+    /// set. Converts once the configuration changes, so not permanent.
+    #[error(
+        "no mailbox to send from: From <{from}> is not in microsoft.allowed_senders and microsoft.sender is not set"
+    )]
+    NoMailbox { from: String },
+    /// Permanent: signed/encrypted mail must go as MIME, and Graph takes at most 4 MB.
+    #[error(
+        "signed or encrypted message too large for Graph MIME sending: {size} bytes as base64, limit {MAX_REQUEST_BYTES}"
+    )]
+    MimeTooLarge { size: usize },
+    /// Permanent: even without attachments the message JSON is over the request limit.
+    #[error(
+        "message body too large for Graph: {size} bytes of JSON without attachments, limit {MAX_REQUEST_BYTES}"
+    )]
+    TooLarge { size: usize },
+}
+
+impl ConvertError {
+    /// `true`: retrying can never help, fail the message. `false` (only [`ConvertError::NoMailbox`]):
+    /// a configuration problem; keep retrying with backoff so a fixed config delivers it.
+    pub fn is_permanent(&self) -> bool {
+        !matches!(self, ConvertError::NoMailbox { .. })
+    }
+}
+
+/// Cheap check at the end of SMTP DATA: `Err` only for mail that can never convert (empty, no
+/// header section, signed/encrypted mail too big for MIME sending). Reads the headers only.
+pub fn precheck(raw: &[u8]) -> Result<(), ConvertError> {
+    if raw.iter().all(u8::is_ascii_whitespace) {
+        return Err(ConvertError::Empty);
+    }
+    let msg = MessageParser::new()
+        .parse_headers(raw)
+        .ok_or(ConvertError::Unparseable)?;
+    if msg.headers().is_empty() {
+        return Err(ConvertError::Unparseable);
+    }
+    let size = base64_len(raw.len());
+    if mime::is_signed_or_encrypted(&msg) && size >= MAX_REQUEST_BYTES {
+        return Err(ConvertError::MimeTooLarge { size });
+    }
+    Ok(())
+}
+
+/// Converts one spooled message into the Graph requests that deliver it: one plan per group of
+/// at most 500 envelope recipients, every envelope recipient in exactly one plan.
+pub fn convert(
+    raw: &[u8],
+    envelope: &Envelope,
+    opts: &ConvertOptions,
+) -> Result<Vec<GraphPlan>, ConvertError> {
+    if raw.iter().all(u8::is_ascii_whitespace) {
+        return Err(ConvertError::Empty);
+    }
+    let repaired = text::repair_header_bytes(raw);
+    let parsed: &[u8] = &repaired;
+    let msg = MessageParser::new()
+        .parse(parsed)
+        .ok_or(ConvertError::Unparseable)?;
+    if msg.headers().is_empty() {
+        return Err(ConvertError::Unparseable);
+    }
+
+    let to = recipients::header_addrs(msg.all_to());
+    let cc = recipients::header_addrs(msg.all_cc());
+    let rcpts = recipients::classify(&envelope.rcpt_to, &to, &cc);
+    if rcpts.is_empty() {
+        return Err(ConvertError::NoRecipients);
+    }
+    let reply_to = recipients::header_addrs(msg.reply_to());
+    let from = recipients::header_addrs(msg.from()).into_iter().next();
+    let sender = sender::decide(from, &envelope.mail_from, !reply_to.is_empty(), opts)?;
+    let groups = recipients::split(&rcpts, MAX_RECIPIENTS_PER_MESSAGE);
+
+    if mime::is_signed_or_encrypted(&msg) {
+        let header_to_cc: Vec<_> = to.iter().chain(&cc).cloned().collect();
+        return groups
+            .iter()
+            .map(|g| {
+                let bytes = mime::rewrite(raw, g, &header_to_cc, &sender);
+                let base64 = base64::engine::general_purpose::STANDARD.encode(bytes);
+                if base64.len() >= MAX_REQUEST_BYTES {
+                    return Err(ConvertError::MimeTooLarge { size: base64.len() });
+                }
+                Ok(GraphPlan {
+                    mailbox: sender.mailbox.clone(),
+                    request: PlanRequest::Mime { base64 },
+                    recipients: g.len(),
+                })
+            })
+            .collect();
+    }
+
+    let content = body::extract(&msg, parsed);
+    let fields = headers::raw_fields(&msg, parsed);
+    let reply_to: Vec<Recipient> = if reply_to.is_empty() {
+        sender.reply_to.iter().map(|a| a.recipient()).collect()
+    } else {
+        reply_to.iter().map(|a| a.recipient()).collect()
+    };
+    let base = Message {
+        subject: headers::subject(&msg),
+        body: content.body,
+        from: sender.from.as_ref().map(|a| a.recipient()),
+        reply_to,
+        importance: headers::importance(&fields),
+        is_read_receipt_requested: headers::read_receipt(&fields),
+        is_delivery_receipt_requested: headers::delivery_receipt(&fields),
+        internet_message_headers: headers::x_headers(&fields),
+        ..Default::default()
+    };
+
+    groups
+        .iter()
+        .map(|g| {
+            let mut message = base.clone();
+            message.to_recipients = g.to.iter().map(|a| a.recipient()).collect();
+            message.cc_recipients = g.cc.iter().map(|a| a.recipient()).collect();
+            message.bcc_recipients = g.bcc.iter().map(|a| a.recipient()).collect();
+            Ok(GraphPlan {
+                mailbox: sender.mailbox.clone(),
+                request: plan_request(message, &content.parts, opts.save_to_sent_items)?,
+                recipients: g.len(),
+            })
+        })
+        .collect()
+}
+
+/// SendMail while the whole JSON stays below the limit, else Draft.
+fn plan_request(
+    mut message: Message,
+    parts: &[LargeAttachment],
+    save_to_sent_items: bool,
+) -> Result<PlanRequest, ConvertError> {
+    let total: usize = parts.iter().map(|p| p.bytes.len()).sum();
+    if base64_len(total) < MAX_REQUEST_BYTES {
+        message.attachments = parts
+            .iter()
+            .map(LargeAttachment::to_file_attachment)
+            .collect();
+        let send = SendMail {
+            message,
+            save_to_sent_items,
+        };
+        if json_len(&send) < MAX_REQUEST_BYTES {
+            return Ok(PlanRequest::SendMail(send));
+        }
+        message = send.message;
+        message.attachments.clear();
+    }
+
+    let base_len = json_len(&message);
+    // `,"attachments":[` + `]`, and one comma per attachment counted below.
+    let mut used = base_len + 17;
+    if used >= MAX_REQUEST_BYTES {
+        return Err(ConvertError::TooLarge { size: base_len });
+    }
+    let mut uploads = Vec::new();
+    for p in parts {
+        if p.bytes.len() < MAX_INLINE_ATTACHMENT_BYTES {
+            let fa = p.to_file_attachment();
+            let len = json_len(&fa) + 1;
+            if used + len < MAX_REQUEST_BYTES {
+                used += len;
+                message.attachments.push(fa);
+                continue;
+            }
+        }
+        uploads.push(p.clone());
+    }
+    Ok(PlanRequest::Draft { message, uploads })
+}
+
+fn base64_len(n: usize) -> usize {
+    n.div_ceil(3).saturating_mul(4)
+}
+
+/// Length of the serialized JSON without building it.
+fn json_len<T: Serialize>(value: &T) -> usize {
+    struct Count(usize);
+    impl io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut c = Count(0);
+    match serde_json::to_writer(&mut c, value) {
+        Ok(()) => c.0,
+        Err(_) => usize::MAX,
+    }
+}
+
+impl GraphPlan {
+    /// The plan as reviewable JSON (used by `examples/eml2graph.rs` and the corpus goldens):
+    /// `{"mailbox", "recipients", "request": "sendMail"|"mime"|"draft", ...}` with the sendMail
+    /// body, the decoded MIME text, or the draft message plus uploads (name, type, size, sha256).
+    pub fn describe(&self) -> serde_json::Value {
+        use serde_json::json;
+        let mailbox = self.mailbox.path();
+        match &self.request {
+            PlanRequest::SendMail(body) => json!({
+                "mailbox": mailbox,
+                "recipients": self.recipients,
+                "request": "sendMail",
+                "body": body,
+            }),
+            PlanRequest::Mime { base64 } => {
+                let decoded = base64::engine::general_purpose::STANDARD
+                    .decode(base64)
+                    .unwrap_or_default();
+                json!({
+                    "mailbox": mailbox,
+                    "recipients": self.recipients,
+                    "request": "mime",
+                    "mime": String::from_utf8_lossy(&decoded),
+                })
+            }
+            PlanRequest::Draft { message, uploads } => json!({
+                "mailbox": mailbox,
+                "recipients": self.recipients,
+                "request": "draft",
+                "message": message,
+                "uploads": uploads.iter().map(|u| json!({
+                    "name": u.name,
+                    "contentType": u.content_type,
+                    "isInline": u.is_inline,
+                    "contentId": u.content_id,
+                    "size": u.bytes.len(),
+                    "sha256": hex(&Sha256::digest(&u.bytes)),
+                })).collect::<Vec<_>>(),
+            }),
+        }
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests;

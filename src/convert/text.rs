@@ -1,0 +1,169 @@
+//! Small string helpers for convert: cleaning header text, unfolding, repairing raw 8-bit
+//! headers, URL path encoding. Pure functions; never panic, never allocate more than linear.
+
+use std::borrow::Cow;
+
+/// One-line text for Graph fields (subject, display names, header values): control characters
+/// (CR, LF, TAB, NUL, ...) become spaces, runs of whitespace collapse to one, ends trimmed.
+pub(crate) fn one_line(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut pending_space = false;
+    for c in s.chars() {
+        if c.is_control() || c.is_whitespace() {
+            pending_space = true;
+            continue;
+        }
+        if pending_space && !out.is_empty() {
+            out.push(' ');
+        }
+        pending_space = false;
+        out.push(c);
+    }
+    out
+}
+
+/// Text for a Graph body: keeps line breaks and tabs, drops other control characters (NUL and
+/// friends, which Exchange does not accept in item bodies).
+pub(crate) fn body_text(s: &str) -> Cow<'_, str> {
+    let bad = |c: char| c.is_control() && !matches!(c, '\r' | '\n' | '\t');
+    if s.chars().any(bad) {
+        Cow::Owned(s.chars().filter(|&c| !bad(c)).collect())
+    } else {
+        Cow::Borrowed(s)
+    }
+}
+
+/// `Some(one_line(s))` unless that is empty.
+pub(crate) fn non_empty(s: &str) -> Option<String> {
+    let s = one_line(s);
+    (!s.is_empty()).then_some(s)
+}
+
+/// Headers sent with raw 8-bit bytes that are not UTF-8 (old PHP scripts, printers) are read
+/// as windows-1252, line by line, so "café" survives instead of turning into U+FFFD. Only the
+/// header section changes; the body bytes are kept as they are. Borrowed when nothing changes.
+pub(crate) fn repair_header_bytes(raw: &[u8]) -> Cow<'_, [u8]> {
+    let end = header_section_end(raw);
+    let head = &raw[..end];
+    if std::str::from_utf8(head).is_ok() {
+        return Cow::Borrowed(raw);
+    }
+    let mut out = Vec::with_capacity(raw.len() + 64);
+    for line in head.split_inclusive(|&b| b == b'\n') {
+        match std::str::from_utf8(line) {
+            Ok(_) => out.extend_from_slice(line),
+            Err(_) => out.extend_from_slice(windows_1252(line).as_bytes()),
+        }
+    }
+    out.extend_from_slice(&raw[end..]);
+    Cow::Owned(out)
+}
+
+/// Offset where the header section ends: just after the first empty line (CRLF or bare LF), or
+/// the end of the input when there is none.
+pub(crate) fn header_section_end(raw: &[u8]) -> usize {
+    let mut pos = 0;
+    while pos < raw.len() {
+        let line_end = match raw[pos..].iter().position(|&b| b == b'\n') {
+            Some(i) => pos + i + 1,
+            None => return raw.len(),
+        };
+        let line = &raw[pos..line_end];
+        if line == b"\n" || line == b"\r\n" {
+            return line_end;
+        }
+        pos = line_end;
+    }
+    raw.len()
+}
+
+/// windows-1252 → UTF-8 (the 0x80..0x9F range mapped as Windows does; undefined bytes kept as
+/// the Latin-1 code point).
+pub(crate) fn windows_1252(bytes: &[u8]) -> String {
+    const HIGH: [char; 32] = [
+        '€', '\u{81}', '‚', 'ƒ', '„', '…', '†', '‡', 'ˆ', '‰', 'Š', '‹', 'Œ', '\u{8d}', 'Ž',
+        '\u{8f}', '\u{90}', '‘', '’', '“', '”', '•', '–', '—', '˜', '™', 'š', '›', 'œ', '\u{9d}',
+        'ž', 'Ÿ',
+    ];
+    bytes
+        .iter()
+        .map(|&b| match b {
+            0x80..=0x9f => HIGH[(b - 0x80) as usize],
+            _ => b as char,
+        })
+        .collect()
+}
+
+/// Unfolds a raw header value (as it appears after the colon): line breaks and the whitespace
+/// around them become one space; ends trimmed.
+pub(crate) fn unfold(raw: &str) -> String {
+    raw.split(['\r', '\n'])
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Percent-encodes one URL path segment: unreserved characters, `@` and `'` stay, everything
+/// else (including `/`, `?`, `#`, `%` and non-ASCII) becomes `%XX` of its UTF-8 bytes.
+pub(crate) fn encode_path_segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'@' | b'\'') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Lower-case form used to compare addresses (SMTP local parts are case-sensitive in theory,
+/// never in Exchange).
+pub(crate) fn address_key(address: &str) -> String {
+    address
+        .trim()
+        .trim_start_matches('<')
+        .trim_end_matches('>')
+        .trim()
+        .to_lowercase()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_line_collapses_controls() {
+        assert_eq!(one_line("  a\r\n\tb\0c  "), "a b c");
+        assert_eq!(one_line(""), "");
+    }
+
+    #[test]
+    fn repairs_latin1_header_lines_only() {
+        let raw = b"Subject: caf\xe9 \x80\r\nFrom: a@b\r\n\r\nbody \xe9";
+        let fixed = repair_header_bytes(raw);
+        let mut want = "Subject: café €\r\nFrom: a@b\r\n\r\nbody "
+            .as_bytes()
+            .to_vec();
+        want.push(0xe9);
+        assert_eq!(&fixed[..], &want[..]);
+        assert!(matches!(
+            repair_header_bytes(b"A: b\r\n\r\n\xff"),
+            Cow::Borrowed(_)
+        ));
+    }
+
+    #[test]
+    fn unfolds() {
+        assert_eq!(unfold(" aa\r\n bb  \r\n"), "aa bb");
+        assert_eq!(unfold(" x\n\ty\n"), "x y");
+    }
+
+    #[test]
+    fn encodes_path_segments() {
+        assert_eq!(encode_path_segment("a.b@contoso.com"), "a.b@contoso.com");
+        assert_eq!(encode_path_segment("a/b?c#d%"), "a%2Fb%3Fc%23d%25");
+        assert_eq!(encode_path_segment("jörg@x"), "j%C3%B6rg@x");
+    }
+}
