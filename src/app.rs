@@ -13,7 +13,9 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::auth::{AppCredential, ClientCredentials, NoCredentials, TokenSource};
+use crate::auth::{
+    AppCredential, CertificateCredential, ClientCredentials, NoCredentials, TokenSource,
+};
 use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, Flow};
 use crate::convert::{ConvertOptions, precheck};
@@ -256,9 +258,12 @@ pub fn token_source(
         (Some(secret), _) => AppCredential::Secret(secret.clone()),
         (None, Some(path)) => AppCredential::SecretFile(path.clone()),
         (None, None) if ms.client_certificate.is_some() => {
-            return Arc::new(NoCredentials::new(
-                "certificate credentials are not available in this build",
-            ));
+            let cert = ms.client_certificate.clone().unwrap_or_default();
+            let key = ms.client_key.clone().unwrap_or_default();
+            match CertificateCredential::load(&cert, &key, ms.assertion_alg) {
+                Ok(credential) => AppCredential::Certificate(Arc::new(credential)),
+                Err(e) => return Arc::new(NoCredentials::new(e.to_string())),
+            }
         }
         (None, None) => {
             return Arc::new(NoCredentials::new(

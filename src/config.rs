@@ -70,6 +70,15 @@ pub enum Flow {
     Delegated,
 }
 
+/// How the certificate client assertion is signed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AssertionAlg {
+    /// RSASSA-PSS with the SHA-256 thumbprint header `x5t#S256` (Microsoft's current format).
+    Ps256,
+    /// PKCS#1 v1.5 with the SHA-1 thumbprint header `x5t` (the older format).
+    Rs256,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MicrosoftConfig {
@@ -90,6 +99,8 @@ pub struct MicrosoftConfig {
     pub client_certificate: Option<PathBuf>,
     #[serde(default)]
     pub client_key: Option<PathBuf>,
+    #[serde(deserialize_with = "assertion_alg")]
+    pub assertion_alg: AssertionAlg,
     #[serde(default)]
     pub sender: Option<String>,
     #[serde(deserialize_with = "string_list")]
@@ -630,6 +641,17 @@ fn flow<'de, D: Deserializer<'de>>(d: D) -> Result<Flow, D::Error> {
         "delegated" => Ok(Flow::Delegated),
         other => Err(de::Error::custom(format!(
             "expected one of \"client_credentials\", \"delegated\", found {other:?}"
+        ))),
+    }
+}
+
+fn assertion_alg<'de, D: Deserializer<'de>>(d: D) -> Result<AssertionAlg, D::Error> {
+    let s = String::deserialize(d)?;
+    match s.trim().to_ascii_uppercase().as_str() {
+        "PS256" => Ok(AssertionAlg::Ps256),
+        "RS256" => Ok(AssertionAlg::Rs256),
+        _ => Err(de::Error::custom(format!(
+            "expected one of \"PS256\", \"RS256\", found {s:?}"
         ))),
     }
 }

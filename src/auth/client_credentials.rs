@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use tracing::{info, warn};
 
+use super::assertion::CertificateCredential;
 use super::entra::request_token;
 use super::{
     AccessToken, StatusCell, TokenError, TokenSource, TokenState, TokenStatus, refresh_margin,
@@ -21,20 +22,40 @@ pub enum AppCredential {
     Secret(Secret),
     /// Re-read at every token request, so a rotated secret takes effect without a restart.
     SecretFile(PathBuf),
+    /// A certificate: each request carries a freshly signed JWT client assertion.
+    Certificate(Arc<CertificateCredential>),
 }
 
+/// `client_assertion_type` for a JWT client assertion.
+const ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+
 impl AppCredential {
-    fn secret(&self) -> Result<Secret, TokenError> {
+    /// The form fields that authenticate the app to the token endpoint.
+    fn form_fields(
+        &self,
+        client_id: &str,
+        token_url: &str,
+        now: SystemTime,
+    ) -> Result<Vec<(&'static str, Secret)>, TokenError> {
         match self {
-            AppCredential::Secret(secret) => Ok(secret.clone()),
+            AppCredential::Secret(secret) => Ok(vec![("client_secret", secret.clone())]),
             AppCredential::SecretFile(path) => std::fs::read_to_string(path)
-                .map(|text| Secret::new(text.trim()))
+                .map(|text| vec![("client_secret", Secret::new(text.trim()))])
                 .map_err(|e| {
                     TokenError::Reauth(format!(
                         "cannot read client_secret_file {}: {e}",
                         path.display()
                     ))
                 }),
+            AppCredential::Certificate(certificate) => {
+                let jwt = certificate
+                    .assertion(client_id, token_url, now)
+                    .map_err(|e| TokenError::Reauth(e.to_string()))?;
+                Ok(vec![
+                    ("client_assertion_type", Secret::new(ASSERTION_TYPE)),
+                    ("client_assertion", Secret::new(jwt)),
+                ])
+            }
         }
     }
 }
@@ -93,13 +114,15 @@ impl ClientCredentials {
     }
 
     async fn fetch(&self) -> Result<AccessToken, TokenError> {
-        let secret = self.credential.secret()?;
-        let form = [
+        let credential =
+            self.credential
+                .form_fields(&self.client_id, &self.token_url, self.clock.now())?;
+        let mut form = vec![
             ("grant_type", "client_credentials"),
             ("client_id", self.client_id.as_str()),
-            ("client_secret", secret.expose()),
             ("scope", self.scope.as_str()),
         ];
+        form.extend(credential.iter().map(|(k, v)| (*k, v.expose())));
         let response = request_token(&self.http, &self.token_url, &form).await?;
         let now = self.clock.now();
         let lifetime = Duration::from_secs(response.expires_in.max(1));
@@ -156,6 +179,7 @@ impl TokenSource for ClientCredentials {
 
     fn rejected(&self, reason: &str) {
         *self.cached.lock().expect("token cache lock") = None;
-        self.status.record(&Err(TokenError::Reauth(reason.to_string())));
+        self.status
+            .record(&Err(TokenError::Reauth(reason.to_string())));
     }
 }

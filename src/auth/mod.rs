@@ -8,6 +8,7 @@
 //! also fixes the error type to the standard fields (AADSTS `error_codes` gone), and it has no
 //! `private_key_jwt`. Each Entra flow is one form POST, so `entra.rs` does it on reqwest directly.
 
+mod assertion;
 mod client_credentials;
 pub mod entra;
 
@@ -18,6 +19,7 @@ use async_trait::async_trait;
 use serde::Serialize;
 use tokio::sync::watch;
 
+pub use assertion::{AssertionError, CertificateCredential};
 pub use client_credentials::{AppCredential, ClientCredentials};
 
 /// An access token and when it stops working.
