@@ -516,7 +516,7 @@ impl Session<'_, '_> {
         S: AsyncRead + AsyncWrite + Unpin,
     {
         let mut skip = DummyDataReceiver::new_bdat(chunk_size);
-        while chunk_size > 0 {
+        loop {
             let avail = conn.buffered();
             let mut bytes = avail.iter();
             let done = skip.ingest(&mut bytes);
