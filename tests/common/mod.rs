@@ -1,0 +1,5 @@
+//! Shared code for integration tests: the fake Microsoft identity + Graph server, and helpers
+//! to run the relay against it. Test-only; never used by the relay itself.
+#![allow(dead_code)]
+
+pub mod fake_graph;
