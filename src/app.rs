@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use tokio::net::TcpListener;
@@ -13,14 +13,13 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::auth::{
-    AppCredential, CertificateCredential, ClientCredentials, NoCredentials, TokenSource,
-};
+use crate::auth::{TokenSource, Tokens};
 use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, Flow};
 use crate::convert::{ConvertOptions, precheck};
 use crate::deliver::backoff::Backoff;
 use crate::deliver::{GraphTransport, Latency, Outbox, QueueManager, RetryPolicy, Transport};
+use crate::notify::{Notice, Notifier};
 use crate::smtp::{self, AcceptError, MessageSink, SmtpSettings};
 use crate::spool::{Envelope, QueueId, Spool, SpoolError};
 use crate::status::Counters;
@@ -106,7 +105,7 @@ pub async fn start(config: Config, opts: StartOptions) -> Result<Running, AppErr
         .connect_timeout(Duration::from_secs(15))
         .build()
         .map_err(|e| AppError::Http(e.to_string()))?;
-    let tokens = token_source(&config, http.clone(), opts.clock.clone());
+    let tokens = Arc::new(Tokens::new(&config, http.clone(), opts.clock.clone()));
     let counters = Arc::new(Counters::default());
     let latency = Arc::new(Latency::default());
     let transport: Arc<dyn Transport> = if opts.dry_run {
@@ -116,7 +115,7 @@ pub async fn start(config: Config, opts: StartOptions) -> Result<Running, AppErr
         ))
     } else {
         Arc::new(GraphTransport::new(
-            http,
+            http.clone(),
             &config.microsoft.graph_url,
             tokens.clone(),
             latency.clone(),
@@ -188,6 +187,20 @@ pub async fn start(config: Config, opts: StartOptions) -> Result<Running, AppErr
     };
 
     tasks.spawn(manager.run(shutdown.clone(), SHUTDOWN_GRACE));
+    let notifier = Notifier::new(
+        http.clone(),
+        config.notify.webhook_url.clone(),
+        config.notify.command.clone(),
+    );
+    tasks.spawn(watch_token_state(
+        tokens.clone(),
+        notifier,
+        spool.clone(),
+        waker.clone(),
+        config.hostname(),
+        reauth_action(&config),
+        shutdown.clone(),
+    ));
     let status = tokens.status();
     info!(
         smtp = ?smtp_addrs,
@@ -206,6 +219,55 @@ pub async fn start(config: Config, opts: StartOptions) -> Result<Running, AppErr
         tasks,
         waker,
     })
+}
+
+/// What a person must do to get out of `reauth_required`, for notices and the status page.
+pub fn reauth_action(config: &Config) -> String {
+    match config.microsoft.flow {
+        Flow::Delegated => "run `graph-relay auth login` on the relay host, or press Re-authorize on the status page".into(),
+        Flow::ClientCredentials => "check the app registration (client secret or certificate not expired, Mail.Send \
+            granted with admin consent), update the credential (e.g. the client_secret_file), then run \
+            `graph-relay auth login` or send SIGHUP"
+            .into(),
+    }
+}
+
+/// Sends a notice on every token state change that deserves one, and wakes delivery so held
+/// mail drains as soon as the state is valid again.
+async fn watch_token_state(
+    tokens: Arc<Tokens>,
+    notifier: Notifier,
+    spool: Spool,
+    waker: Arc<Notify>,
+    host: String,
+    action: String,
+    shutdown: CancellationToken,
+) {
+    let mut changes = tokens.subscribe();
+    let mut before = changes.borrow_and_update().state;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            changed = changes.changed() => if changed.is_err() { return },
+        }
+        let after = changes.borrow_and_update().clone();
+        waker.notify_one();
+        let spool = spool.clone();
+        let pending =
+            tokio::task::spawn_blocking(move || spool.counts(SystemTime::now()).map(|c| c.pending))
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .unwrap_or(0);
+        if let Some(notice) =
+            Notice::for_change(before, &after, &action, pending, &host, SystemTime::now())
+        {
+            // Notices run beside delivery; a slow webhook never holds mail up.
+            let notifier = notifier.clone();
+            tokio::spawn(async move { notifier.send(&notice).await });
+        }
+        before = after.state;
+    }
 }
 
 async fn open_spool(config: &Config) -> Result<Spool, AppError> {
@@ -235,50 +297,6 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, AppError> {
     TcpListener::bind(addr)
         .await
         .map_err(|source| AppError::Bind { addr, source })
-}
-
-/// The token source the configuration asks for.
-pub fn token_source(
-    config: &Config,
-    http: reqwest::Client,
-    clock: Arc<dyn Clock>,
-) -> Arc<dyn TokenSource> {
-    let ms = &config.microsoft;
-    let (Some(token_url), Some(client_id)) = (config.token_url(), ms.client_id.clone()) else {
-        return Arc::new(NoCredentials::new(
-            "microsoft.tenant and microsoft.client_id are not set (see README: Azure app registration)",
-        ));
-    };
-    if ms.flow == Flow::Delegated {
-        return Arc::new(NoCredentials::new(
-            "the delegated flow is not available in this build",
-        ));
-    }
-    let credential = match (&ms.client_secret, &ms.client_secret_file) {
-        (Some(secret), _) => AppCredential::Secret(secret.clone()),
-        (None, Some(path)) => AppCredential::SecretFile(path.clone()),
-        (None, None) if ms.client_certificate.is_some() => {
-            let cert = ms.client_certificate.clone().unwrap_or_default();
-            let key = ms.client_key.clone().unwrap_or_default();
-            match CertificateCredential::load(&cert, &key, ms.assertion_alg) {
-                Ok(credential) => AppCredential::Certificate(Arc::new(credential)),
-                Err(e) => return Arc::new(NoCredentials::new(e.to_string())),
-            }
-        }
-        (None, None) => {
-            return Arc::new(NoCredentials::new(
-                "no app credential: set microsoft.client_secret or microsoft.client_secret_file",
-            ));
-        }
-    };
-    Arc::new(ClientCredentials::new(
-        http,
-        token_url,
-        client_id,
-        config.scope(),
-        credential,
-        clock,
-    ))
 }
 
 pub fn convert_options(config: &Config) -> ConvertOptions {

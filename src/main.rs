@@ -10,21 +10,28 @@ use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 use graph_relay::app::{self, StartOptions};
-use graph_relay::auth::{TokenError, TokenState};
+use std::sync::Arc;
+
+use graph_relay::auth;
 use graph_relay::cli::{AuthCommand, Cli, Command, QueueCommand, SendTestArgs, ServeArgs};
 use graph_relay::clock::SystemClock;
-use graph_relay::config::{Config, ConfigError, Source};
+use graph_relay::config::{Config, ConfigError, Flow, Source};
 use graph_relay::send_test;
 use graph_relay::spool::{QueueId, Spool, SpoolError, list_line};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -52,8 +59,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Serve(args) => serve(config, args).await,
         Command::Check => unreachable!("handled above"),
-        Command::Auth(AuthCommand::Login) => auth(config, "credentials work").await,
-        Command::Auth(AuthCommand::Status) => auth(config, "token usable").await,
+        Command::Auth(AuthCommand::Login) => login(config).await,
+        Command::Auth(AuthCommand::Status) => auth_status(config).await,
         Command::Queue(command) => queue(config, command),
         Command::SendTest(args) => send(config, args).await,
     }
@@ -91,8 +98,14 @@ async fn serve(config: Config, args: ServeArgs) -> Result<ExitCode> {
         },
     )
     .await?;
-    let smtp: Vec<String> = running.smtp_addrs().iter().map(ToString::to_string).collect();
-    let status = running.status_addr().map_or_else(|| "off".to_string(), |a| a.to_string());
+    let smtp: Vec<String> = running
+        .smtp_addrs()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    let status = running
+        .status_addr()
+        .map_or_else(|| "off".to_string(), |a| a.to_string());
     // A stable line scripts and tests wait for (ports may be 0 in the config).
     println!("graph-relay ready smtp={} status={status}", smtp.join(","));
     std::io::stdout().flush().ok();
@@ -113,35 +126,93 @@ async fn wait_for_signal() -> Result<()> {
     Ok(())
 }
 
-async fn auth(config: Config, ok_text: &str) -> Result<ExitCode> {
-    let http = reqwest::Client::builder()
+fn http_client() -> Result<reqwest::Client> {
+    reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
-        .context("building the HTTP client")?;
-    let tokens = app::token_source(&config, http, std::sync::Arc::new(SystemClock));
+        .context("building the HTTP client")
+}
+
+/// `auth login`: the device code flow (delegated), or proof that the app credentials work.
+/// Either way the token cache changes, which a running `serve` notices within seconds.
+async fn login(config: Config) -> Result<ExitCode> {
+    let http = http_client()?;
+    if let Some(device) = auth::device_login(&config, http.clone()) {
+        let code = device.start().await?;
+        println!(
+            "To sign in, open {} and enter the code {}",
+            code.verification_uri, code.user_code
+        );
+        if let Some(message) = &code.message {
+            println!("{message}");
+        }
+        std::io::stdout().flush().ok();
+        return match device.poll(&code, tokio::time::sleep).await {
+            Ok(response) => {
+                auth::store_login(&config, response, SystemTime::now())
+                    .with_context(|| format!("writing {}", config.token_cache_path().display()))?;
+                println!(
+                    "signed in; tokens stored in {}",
+                    config.token_cache_path().display()
+                );
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e) => {
+                println!("login failed: {e}");
+                Ok(ExitCode::FAILURE)
+            }
+        };
+    }
+    let tokens = auth::from_config(&config, http, Arc::new(SystemClock));
     match tokens.token().await {
         Ok(token) => {
+            auth::store_app_token(&config, &token)
+                .with_context(|| format!("writing {}", config.token_cache_path().display()))?;
             println!(
-                "state: {}\nexpires_at: {}\n{ok_text}",
-                TokenState::Valid.as_str(),
+                "app credentials work; token valid until {}",
                 humantime::format_rfc3339_seconds(token.expires_at)
             );
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {
-            let state = match e {
-                TokenError::Missing(_) => TokenState::Missing,
-                TokenError::Reauth(_) => TokenState::ReauthRequired,
-                TokenError::Transient { .. } => tokens.status().state,
-            };
-            println!("state: {}\nreason: {e}", state.as_str());
+            println!("login failed: {e}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+/// `auth status`: state and expiry; exit 0 when a token can be had.
+async fn auth_status(config: Config) -> Result<ExitCode> {
+    let tokens = auth::from_config(&config, http_client()?, Arc::new(SystemClock));
+    let outcome = tokens.token().await;
+    let status = tokens.status();
+    println!(
+        "flow: {}",
+        if config.microsoft.flow == Flow::Delegated {
+            "delegated"
+        } else {
+            "client_credentials"
+        }
+    );
+    println!("state: {}", status.state.as_str());
+    if let Some(expires) = status.expires_at {
+        println!("expires_at: {}", humantime::format_rfc3339_seconds(expires));
+    }
+    match outcome {
+        Ok(_) => Ok(ExitCode::SUCCESS),
+        Err(e) => {
+            println!("reason: {e}");
+            if e.needs_person() {
+                println!("fix: {}", app::reauth_action(&config));
+            }
             Ok(ExitCode::FAILURE)
         }
     }
 }
 
 fn queue(config: Config, command: QueueCommand) -> Result<ExitCode> {
-    let spool = Spool::open(&config.queue.dir).with_context(|| format!("opening {}", config.queue.dir.display()))?;
+    let spool = Spool::open(&config.queue.dir)
+        .with_context(|| format!("opening {}", config.queue.dir.display()))?;
     let now = SystemTime::now();
     match command {
         QueueCommand::List => {
@@ -157,11 +228,19 @@ fn queue(config: Config, command: QueueCommand) -> Result<ExitCode> {
         }
         QueueCommand::Retry { id, .. } => {
             let id = parse_id(id.as_deref().unwrap_or_default())?;
-            known(spool.retry(&id, now).map(|r| println!("queued for delivery now: {}", list_line(&r))))
+            known(
+                spool
+                    .retry(&id, now)
+                    .map(|r| println!("queued for delivery now: {}", list_line(&r))),
+            )
         }
         QueueCommand::Delete { id } => {
             let id = parse_id(&id)?;
-            known(spool.delete(&id).map(|r| println!("deleted: {}", list_line(&r))))
+            known(
+                spool
+                    .delete(&id)
+                    .map(|r| println!("deleted: {}", list_line(&r))),
+            )
         }
     }
 }
@@ -201,5 +280,9 @@ async fn send(config: Config, args: SendTestArgs) -> Result<ExitCode> {
         .unwrap_or_else(|| "relay-test@localhost".to_string());
     let reply = send_test::send(&server, &config.hostname(), &from, &args.to).await?;
     println!("{reply}");
-    Ok(if reply.starts_with("250") { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if reply.starts_with("250") {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }

@@ -10,17 +10,25 @@
 
 mod assertion;
 mod client_credentials;
+mod delegated;
+pub mod device_code;
 pub mod entra;
+pub mod store;
 
-use std::sync::Arc;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use serde::Serialize;
+
+use crate::clock::Clock;
+use crate::config::{Config, Flow};
 use tokio::sync::watch;
 
 pub use assertion::{AssertionError, CertificateCredential};
 pub use client_credentials::{AppCredential, ClientCredentials};
+pub use delegated::Delegated;
 
 /// An access token and when it stops working.
 #[derive(Clone, PartialEq, Eq)]
@@ -59,6 +67,11 @@ pub enum TokenError {
 }
 
 impl TokenError {
+    /// Whether a person must act (as opposed to waiting).
+    pub fn needs_person(&self) -> bool {
+        matches!(self, TokenError::Missing(_) | TokenError::Reauth(_))
+    }
+
     pub fn transient(message: impl Into<String>, retry_after: Option<Duration>) -> Self {
         TokenError::Transient {
             message: message.into(),
@@ -106,6 +119,11 @@ pub trait TokenSource: Send + Sync + 'static {
     /// Graph refused even a freshly issued token: the grant is dead although the token
     /// endpoint still answers. Moves the state to `reauth_required` with `reason`.
     fn rejected(&self, reason: &str);
+    /// True once after the credential inputs (token cache, secret file, certificate) changed,
+    /// so held mail can be retried at once instead of at the next slow probe.
+    fn inputs_changed(&self) -> bool {
+        false
+    }
 }
 
 /// The source used when no credentials are configured: mail is accepted and held.
@@ -159,6 +177,15 @@ impl StatusCell {
         self.0.subscribe()
     }
 
+    /// Replaces the status, telling subscribers only when it changed.
+    pub fn set(&self, next: TokenStatus) {
+        self.0.send_if_modified(|current| {
+            let changed = *current != next;
+            *current = next;
+            changed
+        });
+    }
+
     /// Records the outcome of a token request. Transient failures never change the state.
     pub fn record(&self, outcome: &Result<AccessToken, TokenError>) {
         let next = match outcome {
@@ -179,12 +206,187 @@ impl StatusCell {
             },
             Err(TokenError::Transient { .. }) => return,
         };
-        self.0.send_if_modified(|current| {
-            let changed = *current != next;
-            *current = next;
-            changed
-        });
+        self.set(next);
     }
+}
+
+/// The token source `serve` uses: the configured one, swappable on SIGHUP, with the credential
+/// files watched so a sign-in or a rotated secret is noticed at once.
+pub struct Tokens {
+    inner: RwLock<Arc<dyn TokenSource>>,
+    watched: RwLock<store::Watched>,
+    status: StatusCell,
+}
+
+impl Tokens {
+    pub fn new(config: &Config, http: reqwest::Client, clock: Arc<dyn Clock>) -> Self {
+        let inner = from_config(config, http, clock);
+        let status = StatusCell::new(inner.status());
+        Tokens {
+            inner: RwLock::new(inner),
+            watched: RwLock::new(store::Watched::new(watched_paths(config))),
+            status,
+        }
+    }
+
+    /// Swaps in the source a reloaded configuration asks for.
+    pub fn replace(&self, config: &Config, http: reqwest::Client, clock: Arc<dyn Clock>) {
+        let inner = from_config(config, http, clock);
+        self.status.set(inner.status());
+        *self.inner.write().expect("tokens lock") = inner;
+        *self.watched.write().expect("tokens lock") = store::Watched::new(watched_paths(config));
+    }
+
+    fn current(&self) -> Arc<dyn TokenSource> {
+        self.inner.read().expect("tokens lock").clone()
+    }
+
+    fn follow(&self, inner: &dyn TokenSource) {
+        self.status.set(inner.status());
+    }
+}
+
+#[async_trait]
+impl TokenSource for Tokens {
+    async fn token(&self) -> Result<AccessToken, TokenError> {
+        let inner = self.current();
+        let outcome = inner.token().await;
+        self.follow(inner.as_ref());
+        outcome
+    }
+    fn invalidate(&self, token: &AccessToken) {
+        self.current().invalidate(token);
+    }
+    fn status(&self) -> TokenStatus {
+        self.status.get()
+    }
+    fn subscribe(&self) -> watch::Receiver<TokenStatus> {
+        self.status.subscribe()
+    }
+    fn rejected(&self, reason: &str) {
+        let inner = self.current();
+        inner.rejected(reason);
+        self.follow(inner.as_ref());
+    }
+    fn inputs_changed(&self) -> bool {
+        self.watched.read().expect("tokens lock").changed()
+    }
+}
+
+fn watched_paths(config: &Config) -> Vec<PathBuf> {
+    let ms = &config.microsoft;
+    let mut paths = vec![config.token_cache_path()];
+    paths.extend(ms.client_secret_file.iter().cloned());
+    paths.extend(ms.client_certificate.iter().cloned());
+    paths.extend(ms.client_key.iter().cloned());
+    paths
+}
+
+/// Delegated scope: `offline_access` (for a refresh token) and `Mail.Send` on Graph's origin.
+pub fn delegated_scope(config: &Config) -> String {
+    if !config.microsoft.scope.is_empty() {
+        return format!("offline_access {}", config.microsoft.scope);
+    }
+    let origin = config.scope().trim_end_matches("/.default").to_string();
+    format!("offline_access {origin}/Mail.Send")
+}
+
+/// The token source the configuration asks for.
+pub fn from_config(
+    config: &Config,
+    http: reqwest::Client,
+    clock: Arc<dyn Clock>,
+) -> Arc<dyn TokenSource> {
+    let ms = &config.microsoft;
+    let (Some(token_url), Some(client_id)) = (config.token_url(), ms.client_id.clone()) else {
+        return Arc::new(NoCredentials::new(
+            "microsoft.tenant and microsoft.client_id are not set (see README: Microsoft 365 setup)",
+        ));
+    };
+    if ms.flow == Flow::Delegated {
+        let scope = delegated_scope(config);
+        return Arc::new(Delegated::new(
+            http,
+            token_url,
+            client_id,
+            scope,
+            config.token_cache_path(),
+            clock,
+        ));
+    }
+    let credential = match (
+        &ms.client_secret,
+        &ms.client_secret_file,
+        &ms.client_certificate,
+        &ms.client_key,
+    ) {
+        (Some(secret), _, _, _) => AppCredential::Secret(secret.clone()),
+        (None, Some(path), _, _) => AppCredential::SecretFile(path.clone()),
+        (None, None, Some(cert), Some(key)) => {
+            match CertificateCredential::load(cert, key, ms.assertion_alg) {
+                Ok(credential) => AppCredential::Certificate(Arc::new(credential)),
+                Err(e) => return Arc::new(NoCredentials::new(e.to_string())),
+            }
+        }
+        _ => {
+            return Arc::new(NoCredentials::new(
+                "no app credential: set microsoft.client_secret_file, client_secret, or client_certificate + client_key",
+            ));
+        }
+    };
+    Arc::new(ClientCredentials::new(
+        http,
+        token_url,
+        client_id,
+        config.scope(),
+        credential,
+        clock,
+    ))
+}
+
+/// The device code login for this configuration (delegated flow only).
+pub fn device_login(config: &Config, http: reqwest::Client) -> Option<device_code::DeviceLogin> {
+    if config.microsoft.flow != Flow::Delegated {
+        return None;
+    }
+    Some(device_code::DeviceLogin {
+        http,
+        device_code_url: config.device_code_url()?,
+        token_url: config.token_url()?,
+        client_id: config.microsoft.client_id.clone()?,
+        scope: delegated_scope(config),
+    })
+}
+
+/// Stores a completed sign-in in the token cache, where a running `serve` picks it up.
+pub fn store_login(
+    config: &Config,
+    response: entra::TokenResponse,
+    now: std::time::SystemTime,
+) -> std::io::Result<()> {
+    let client_id = config.microsoft.client_id.clone().unwrap_or_default();
+    let entry = Delegated::cache_entry(&client_id, response, None, now);
+    store::save(&config.token_cache_path(), &entry)
+}
+
+/// Records that app credentials were just proven to work (`auth login` for client
+/// credentials), so a running `serve` that holds mail tries again at once.
+pub fn store_app_token(config: &Config, token: &AccessToken) -> std::io::Result<()> {
+    let expires_at = token
+        .expires_at
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let entry = store::CachedTokens {
+        flow: "client_credentials".into(),
+        client_id: config.microsoft.client_id.clone().unwrap_or_default(),
+        access_token: token.value.clone(),
+        expires_at,
+        lifetime: 3600,
+        refresh_token: None,
+        account: None,
+    };
+    store::save(&config.token_cache_path(), &entry)
 }
 
 /// When to refresh a token that expires at `expires_at` and lived `lifetime`: 5 minutes ahead,

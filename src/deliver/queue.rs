@@ -168,9 +168,11 @@ impl QueueManager {
             return false;
         }
         let now = self.clock.now();
+        let changed = self.tokens.inputs_changed();
         let due = {
             let mut last = self.last_probe.lock().expect("probe lock");
-            let due = last.is_none_or(|t| now.duration_since(t).unwrap_or_default() >= HOLD_PROBE);
+            let due = changed
+                || last.is_none_or(|t| now.duration_since(t).unwrap_or_default() >= HOLD_PROBE);
             if due {
                 *last = Some(now);
             }
