@@ -676,7 +676,7 @@ fn check_assertion(
                 ));
             }
         } else if let Some(t) = x5t {
-            if let Some(sha1) = openssl_sha1(pem) {
+            if let Some(sha1) = sha1_of_cert(pem) {
                 if t != URL_SAFE_NO_PAD.encode(sha1) {
                     return Err(bad(
                         700027,
@@ -710,21 +710,13 @@ fn pem_to_der(pem: &str) -> Option<Vec<u8>> {
     STANDARD.decode(b64.trim()).ok()
 }
 
-fn openssl_sha1(pem: &str) -> Option<Vec<u8>> {
-    let dir = tempfile::tempdir().ok()?;
-    let cert = dir.path().join("cert.pem");
-    std::fs::write(&cert, pem).ok()?;
-    let out = std::process::Command::new("openssl")
-        .args(["x509", "-noout", "-fingerprint", "-sha1", "-in"])
-        .arg(&cert)
-        .output()
-        .ok()?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let hex = text.split('=').nth(1)?.trim().replace(':', "");
-    (0..hex.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).ok())
-        .collect()
+fn sha1_of_cert(pem: &str) -> Option<Vec<u8>> {
+    let der = pem_to_der(pem)?;
+    Some(
+        ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, &der)
+            .as_ref()
+            .to_vec(),
+    )
 }
 
 /// `Some(valid)` when openssl could check the signature, `None` when it is unavailable.
@@ -918,12 +910,12 @@ pub(super) fn devicecode(shared: &Shared, req: &Req, form: &[(String, String)]) 
     if let Some(r) = take_scripted(&mut st, Route::DeviceCode) {
         return r;
     }
-    if req.method != Method::POST
-        || req.media_type().as_deref() != Some("application/x-www-form-urlencoded")
-    {
-        if let Err(r) = method_and_form(base, req) {
-            return r;
+    if let Err(mut r) = method_and_form(base, req) {
+        if req.method == Method::POST {
+            // Not a form: Entra sees no parameters at all.
+            r = missing_param(base, "client_id");
         }
+        return r;
     }
     let tenant = req.segments[0].clone();
     if let Err(r) = check_tenant(base, &st, &tenant, true) {
