@@ -55,11 +55,17 @@ pub enum AppError {
     },
     #[error("cannot build the HTTP client: {0}")]
     Http(String),
+    #[error("cannot set up SMTP TLS: {0}")]
+    Tls(String),
 }
 
 /// A running relay.
 pub struct Running {
     smtp_addrs: Vec<SocketAddr>,
+    implicit_tls_addrs: Vec<SocketAddr>,
+    tokens: Arc<Tokens>,
+    http: reqwest::Client,
+    clock: Arc<dyn Clock>,
     status_addr: Option<SocketAddr>,
     shutdown: CancellationToken,
     tasks: JoinSet<()>,
@@ -71,8 +77,24 @@ impl Running {
         &self.smtp_addrs
     }
 
+    pub fn implicit_tls_addrs(&self) -> &[SocketAddr] {
+        &self.implicit_tls_addrs
+    }
+
     pub fn status_addr(&self) -> Option<SocketAddr> {
         self.status_addr
+    }
+
+    /// SIGHUP: takes the Microsoft credentials from a reloaded configuration and tries held
+    /// mail again. (Listeners and SMTP policy need a restart.)
+    pub fn reload(&self, config: &Config) {
+        self.tokens
+            .replace(config, self.http.clone(), self.clock.clone());
+        info!(
+            token_state = self.tokens.status().state.as_str(),
+            "configuration reloaded"
+        );
+        self.waker.notify_one();
     }
 
     /// Wakes the queue manager now (tests, and the status page's actions).
@@ -98,6 +120,7 @@ impl Running {
 
 /// Starts every part of `serve`.
 pub async fn start(config: Config, opts: StartOptions) -> Result<Running, AppError> {
+    let config = Arc::new(config);
     let _ = rustls::crypto::ring::default_provider().install_default();
     let spool = open_spool(&config).await?;
     let http = reqwest::Client::builder()
@@ -147,15 +170,24 @@ pub async fn start(config: Config, opts: StartOptions) -> Result<Running, AppErr
         counters: counters.clone(),
         waker: waker.clone(),
     });
-    let settings = Arc::new(SmtpSettings::from_config(&config));
+    let settings =
+        Arc::new(SmtpSettings::try_from_config(&config).map_err(|e| AppError::Tls(e.to_string()))?);
     let mut smtp_addrs = Vec::new();
     for addr in &config.smtp.listen {
-        let listener = bind(*addr).await?;
-        smtp_addrs.push(listener.local_addr().map_err(|source| AppError::Bind {
-            addr: *addr,
-            source,
-        })?);
+        let (listener, bound) = bind(*addr).await?;
+        smtp_addrs.push(bound);
         tasks.spawn(smtp::serve(
+            listener,
+            settings.clone(),
+            sink.clone(),
+            shutdown.clone(),
+        ));
+    }
+    let mut implicit_tls_addrs = Vec::new();
+    for addr in &config.smtp.implicit_tls_listen {
+        let (listener, bound) = bind(*addr).await?;
+        implicit_tls_addrs.push(bound);
+        tasks.spawn(smtp::serve_implicit_tls(
             listener,
             settings.clone(),
             sink.clone(),
@@ -165,15 +197,17 @@ pub async fn start(config: Config, opts: StartOptions) -> Result<Running, AppErr
 
     let status_addr = match config.status.listen {
         Some(addr) => {
-            let listener = bind(addr).await?;
-            let bound = listener
-                .local_addr()
-                .map_err(|source| AppError::Bind { addr, source })?;
+            let (listener, bound) = bind(addr).await?;
             let ctx = Arc::new(StatusContext {
+                config: config.clone(),
                 spool: spool.clone(),
                 tokens: tokens.clone(),
                 counters: counters.clone(),
                 latency,
+                device: crate::auth::device_login(&config, http.clone()),
+                action: reauth_action(&config),
+                waker: waker.clone(),
+                login: Default::default(),
             });
             let stop = shutdown.clone();
             tasks.spawn(async move {
@@ -214,6 +248,10 @@ pub async fn start(config: Config, opts: StartOptions) -> Result<Running, AppErr
     }
     Ok(Running {
         smtp_addrs,
+        implicit_tls_addrs,
+        tokens: tokens.clone(),
+        http,
+        clock: opts.clock.clone(),
         status_addr,
         shutdown,
         tasks,
@@ -293,10 +331,15 @@ async fn open_spool(config: &Config) -> Result<Spool, AppError> {
     Ok(spool)
 }
 
-async fn bind(addr: SocketAddr) -> Result<TcpListener, AppError> {
-    TcpListener::bind(addr)
+/// Binds `addr` and reports the address actually bound (port 0 picks one).
+async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), AppError> {
+    let listener = TcpListener::bind(addr)
         .await
-        .map_err(|source| AppError::Bind { addr, source })
+        .map_err(|source| AppError::Bind { addr, source })?;
+    let bound = listener
+        .local_addr()
+        .map_err(|source| AppError::Bind { addr, source })?;
+    Ok((listener, bound))
 }
 
 pub fn convert_options(config: &Config) -> ConvertOptions {

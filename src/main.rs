@@ -57,7 +57,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     }
     let config = load(&source)?;
     match cli.command {
-        Command::Serve(args) => serve(config, args).await,
+        Command::Serve(args) => serve(config, args, &source).await,
         Command::Check => unreachable!("handled above"),
         Command::Auth(AuthCommand::Login) => login(config).await,
         Command::Auth(AuthCommand::Status) => auth_status(config).await,
@@ -89,7 +89,7 @@ fn check(source: &Source) -> ExitCode {
     }
 }
 
-async fn serve(config: Config, args: ServeArgs) -> Result<ExitCode> {
+async fn serve(config: Config, args: ServeArgs, source: &Source) -> Result<ExitCode> {
     let running = app::start(
         config,
         StartOptions {
@@ -109,21 +109,29 @@ async fn serve(config: Config, args: ServeArgs) -> Result<ExitCode> {
     // A stable line scripts and tests wait for (ports may be 0 in the config).
     println!("graph-relay ready smtp={} status={status}", smtp.join(","));
     std::io::stdout().flush().ok();
-    wait_for_signal().await?;
+    wait_for_signal(&running, source).await?;
     tracing::info!("shutting down");
     running.shutdown().await;
     Ok(ExitCode::SUCCESS)
 }
 
-async fn wait_for_signal() -> Result<()> {
+/// Waits for SIGTERM/SIGINT; on SIGHUP reloads the configuration (a bad file is reported and
+/// the running one kept).
+async fn wait_for_signal(running: &app::Running, source: &Source) -> Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => return Ok(()),
+            _ = int.recv() => return Ok(()),
+            _ = hup.recv() => match Config::load(source) {
+                Ok(config) => running.reload(&config),
+                Err(e) => tracing::error!(error = %e, "SIGHUP: configuration not reloaded"),
+            },
+        }
     }
-    Ok(())
 }
 
 fn http_client() -> Result<reqwest::Client> {

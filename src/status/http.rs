@@ -1,29 +1,53 @@
 //! The status listener: `GET /status` (JSON, design section 4), `GET /metrics` (Prometheus
-//! text) and `GET /` (a page for people). Bound to loopback by default.
+//! text), `GET /` (a page for people) and its actions — Re-authorize, retry, delete — which are
+//! POSTs accepted from loopback only and never from another site's page.
 
 use std::fmt::Write as _;
-use std::sync::Arc;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
-use axum::extract::State;
-use axum::http::{StatusCode, header};
-use axum::response::{Html, IntoResponse, Response};
-use axum::routing::get;
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
 
 use super::Counters;
+use crate::auth::device_code::{DeviceCode, DeviceLogin};
 use crate::auth::{TokenSource, TokenState};
+use crate::config::Config;
 use crate::deliver::{LATENCY_BUCKETS, Latency};
-use crate::spool::{QueueCounts, Spool, list_line};
+use crate::spool::{QueueCounts, QueueId, Record, Spool, SpoolError, State as MailState};
 
-/// What the handlers read.
+/// What the handlers read and act on.
 pub struct StatusContext {
+    pub config: Arc<Config>,
     pub spool: Spool,
     pub tokens: Arc<dyn TokenSource>,
     pub counters: Arc<Counters>,
     pub latency: Arc<Latency>,
+    /// The device code login (delegated flow), when configured.
+    pub device: Option<DeviceLogin>,
+    /// What to do to get out of `reauth_required`.
+    pub action: String,
+    /// Wakes delivery after a retry.
+    pub waker: Arc<Notify>,
+    pub login: Mutex<LoginView>,
+}
+
+/// The Re-authorize button's progress, shown on the page.
+#[derive(Debug, Clone, Default)]
+pub enum LoginView {
+    #[default]
+    Idle,
+    Waiting(DeviceCode),
+    Failed(String),
+    Done,
 }
 
 type Ctx = Arc<StatusContext>;
@@ -33,6 +57,9 @@ pub fn router(ctx: Ctx) -> Router {
         .route("/", get(page))
         .route("/status", get(status_json))
         .route("/metrics", get(metrics))
+        .route("/reauthorize", post(reauthorize))
+        .route("/queue/{id}/retry", post(retry))
+        .route("/queue/{id}/delete", post(delete))
         .with_state(ctx)
 }
 
@@ -42,22 +69,57 @@ pub async fn serve(
     ctx: Ctx,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(ctx))
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
+    axum::serve(
+        listener,
+        router(ctx).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move { shutdown.cancelled().await })
+    .await
 }
 
-async fn counts(ctx: &Ctx) -> Result<QueueCounts, Response> {
-    let spool = ctx.spool.clone();
-    match tokio::task::spawn_blocking(move || spool.counts(SystemTime::now())).await {
-        Ok(Ok(counts)) => Ok(counts),
+/// Actions change the queue or start a sign-in: only a local client may, and only from this
+/// page (a browser sends `Origin` with a cross-site POST; it must name this very host).
+pub fn action_allowed(peer: IpAddr, headers: &HeaderMap) -> bool {
+    if !peer.is_loopback() {
+        return false;
+    }
+    let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
+    match (origin, host) {
+        (None, _) => true,
+        (Some(origin), Some(host)) => origin.strip_prefix("http://").is_some_and(|o| o == host),
+        (Some(_), None) => false,
+    }
+}
+
+fn forbidden() -> Response {
+    (
+        StatusCode::FORBIDDEN,
+        "actions are accepted from this host's own status page only\n",
+    )
+        .into_response()
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, SpoolError> + Send + 'static,
+) -> Result<T, Response> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(SpoolError::NotFound(id))) => {
+            Err((StatusCode::NOT_FOUND, format!("no message {id}\n")).into_response())
+        }
         Ok(Err(e)) => Err((
             StatusCode::INTERNAL_SERVER_ERROR,
-            format!("cannot read the spool: {e}"),
+            format!("spool error: {e}\n"),
         )
             .into_response()),
         Err(e) => Err((StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response()),
     }
+}
+
+async fn counts(ctx: &Ctx) -> Result<QueueCounts, Response> {
+    let spool = ctx.spool.clone();
+    blocking(move || spool.counts(SystemTime::now())).await
 }
 
 /// The `/status` document.
@@ -137,7 +199,7 @@ async fn metrics(State(ctx): State<Ctx>) -> Response {
         "Messages in failed/.",
         &one(counts.failed as u64),
     );
-    let states = [
+    let states: Vec<_> = [
         TokenState::Valid,
         TokenState::ReauthRequired,
         TokenState::Missing,
@@ -149,7 +211,7 @@ async fn metrics(State(ctx): State<Ctx>) -> Response {
             u64::from(*s == state).to_string(),
         )
     })
-    .collect::<Vec<_>>();
+    .collect();
     metric(
         "graph_relay_token_state",
         "gauge",
@@ -174,33 +236,234 @@ async fn metrics(State(ctx): State<Ctx>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }
 
-async fn page(State(ctx): State<Ctx>) -> Response {
-    let counts = match counts(&ctx).await {
-        Ok(counts) => counts,
-        Err(response) => return response,
+/// The Re-authorize button: starts the device code flow (delegated), or asks the token
+/// endpoint again now (client credentials).
+async fn reauthorize(
+    State(ctx): State<Ctx>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
+    if !action_allowed(peer.ip(), &headers) {
+        return forbidden();
+    }
+    let Some(device) = ctx.device.clone() else {
+        let tokens = ctx.tokens.clone();
+        let outcome = tokens.token().await;
+        info!(
+            ok = outcome.is_ok(),
+            "re-authorize pressed: asked the token endpoint again"
+        );
+        ctx.waker.notify_one();
+        return Redirect::to("/").into_response();
+    };
+    match device.start().await {
+        Ok(code) => {
+            info!(verification_uri = %code.verification_uri, "re-authorize pressed: device code login started");
+            *ctx.login.lock().expect("login lock") = LoginView::Waiting(code.clone());
+            let ctx = ctx.clone();
+            tokio::spawn(async move {
+                let outcome = device.poll(&code, tokio::time::sleep).await;
+                let view = match outcome {
+                    Ok(response) => {
+                        match crate::auth::store_login(&ctx.config, response, SystemTime::now()) {
+                            Ok(()) => {
+                                // The token source reads the new cache; the state turns valid and
+                                // the held mail drains.
+                                let _ = ctx.tokens.token().await;
+                                ctx.waker.notify_one();
+                                LoginView::Done
+                            }
+                            Err(e) => {
+                                LoginView::Failed(format!("cannot write the token cache: {e}"))
+                            }
+                        }
+                    }
+                    Err(e) => LoginView::Failed(e.to_string()),
+                };
+                if let LoginView::Failed(why) = &view {
+                    warn!(reason = %why, "device code login failed");
+                }
+                *ctx.login.lock().expect("login lock") = view;
+            });
+        }
+        Err(e) => *ctx.login.lock().expect("login lock") = LoginView::Failed(e.to_string()),
+    }
+    Redirect::to("/").into_response()
+}
+
+async fn retry(
+    State(ctx): State<Ctx>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    queue_action(ctx, peer, headers, id, |spool, id| {
+        spool.retry(&id, SystemTime::now()).map(drop)
+    })
+    .await
+}
+
+async fn delete(
+    State(ctx): State<Ctx>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    queue_action(ctx, peer, headers, id, |spool, id| {
+        spool.delete(&id).map(drop)
+    })
+    .await
+}
+
+async fn queue_action(
+    ctx: Ctx,
+    peer: SocketAddr,
+    headers: HeaderMap,
+    id: String,
+    action: fn(&Spool, QueueId) -> Result<(), SpoolError>,
+) -> Response {
+    if !action_allowed(peer.ip(), &headers) {
+        return forbidden();
+    }
+    let Some(id) = QueueId::parse(&id) else {
+        return (StatusCode::NOT_FOUND, "not a queue id\n").into_response();
     };
     let spool = ctx.spool.clone();
-    let records = tokio::task::spawn_blocking(move || spool.list_all())
-        .await
-        .ok()
-        .and_then(Result::ok)
-        .unwrap_or_default();
-    let token = ctx.tokens.status();
-    let mut rows = String::new();
-    for record in records.iter().take(500) {
-        let _ = writeln!(rows, "<li><code>{}</code></li>", escape(&list_line(record)));
+    match blocking(move || action(&spool, id)).await {
+        Ok(()) => {
+            ctx.waker.notify_one();
+            Redirect::to("/").into_response()
+        }
+        Err(response) => response,
     }
-    let body = format!(
-        "<!doctype html><html><head><meta charset=\"utf-8\"><title>graph-relay</title></head><body>\
-         <h1>graph-relay</h1><p id=\"state\">Token state: <strong>{}</strong></p><p id=\"reason\">{}</p>\
-         <p>Queue: {} pending ({} held), {} failed</p><ul id=\"queue\">{rows}</ul></body></html>",
-        token.state.as_str(),
-        escape(&token.reason),
-        counts.pending,
-        counts.held,
-        counts.failed,
+}
+
+async fn page(State(ctx): State<Ctx>) -> Response {
+    let spool = ctx.spool.clone();
+    let (counts, records) =
+        match blocking(move || Ok((spool.counts(SystemTime::now())?, spool.list_all()?))).await {
+            Ok(found) => found,
+            Err(response) => return response,
+        };
+    let login = ctx.login.lock().expect("login lock").clone();
+    Html(render_page(&ctx, &counts, &records, &login)).into_response()
+}
+
+fn render_page(
+    ctx: &StatusContext,
+    counts: &QueueCounts,
+    records: &[Record],
+    login: &LoginView,
+) -> String {
+    let token = ctx.tokens.status();
+    let (headline, class) = match token.state {
+        TokenState::Valid => ("Microsoft sign-in works. Mail is being delivered.", "ok"),
+        TokenState::ReauthRequired => (
+            "Microsoft sign-in needs attention. Mail is accepted and held, not lost.",
+            "bad",
+        ),
+        TokenState::Missing => (
+            "No Microsoft credentials are configured. Mail is accepted and held.",
+            "bad",
+        ),
+    };
+    let mut html = String::from(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>graph-relay</title><style>\
+         body{font-family:sans-serif;max-width:70em;margin:2em auto}.ok{color:#070}.bad{color:#a00}\
+         table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.2em .5em;font-size:90%}\
+         #login{background:#ffd;padding:1em}</style></head><body><h1>graph-relay</h1>",
     );
-    Html(body).into_response()
+    let _ = write!(
+        html,
+        "<p id=\"state\" class=\"{class}\" data-state=\"{}\"><strong>{}</strong></p>",
+        token.state.as_str(),
+        escape(headline)
+    );
+    if token.state != TokenState::Valid {
+        let _ = write!(
+            html,
+            "<p id=\"reason\">Reason: {}</p><p id=\"action\">What to do: {}</p>",
+            escape(&token.reason),
+            escape(&ctx.action)
+        );
+    } else if let Some(expires) = token.expires_at {
+        let _ = write!(
+            html,
+            "<p>Token valid until {}.</p>",
+            humantime::format_rfc3339_seconds(expires)
+        );
+    }
+    let _ = write!(
+        html,
+        "<form method=\"post\" action=\"/reauthorize\"><button id=\"reauthorize\" type=\"submit\">Re-authorize</button></form>"
+    );
+    match login {
+        LoginView::Idle => {}
+        LoginView::Waiting(code) => {
+            let _ = write!(
+                html,
+                "<div id=\"login\"><p>Open <a id=\"verification-uri\" href=\"{0}\" target=\"_blank\" rel=\"noopener\">{0}</a> \
+                 and enter the code <strong id=\"user-code\">{1}</strong>. This page shows the result when you reload it.</p></div>",
+                escape(&code.verification_uri),
+                escape(&code.user_code)
+            );
+        }
+        LoginView::Failed(why) => {
+            let _ = write!(
+                html,
+                "<div id=\"login\"><p class=\"bad\">Sign-in failed: {}</p></div>",
+                escape(why)
+            );
+        }
+        LoginView::Done => {
+            let _ = write!(
+                html,
+                "<div id=\"login\"><p class=\"ok\">Signed in. Held mail is being delivered.</p></div>"
+            );
+        }
+    }
+    let _ = write!(
+        html,
+        "<h2>Queue</h2><p id=\"counts\">{} pending ({} held for re-authorization), {} failed</p>",
+        counts.pending, counts.held, counts.failed
+    );
+    if !records.is_empty() {
+        html.push_str("<table><tr><th>id</th><th>state</th><th>attempts</th><th>from</th><th>to</th><th>last error</th><th></th></tr>");
+        for record in records.iter().take(500) {
+            let _ = write!(
+                html,
+                "<tr><td><code>{id}</code></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>\
+                 <form method=\"post\" action=\"/queue/{id}/retry\" style=\"display:inline\"><button>retry</button></form> \
+                 <form method=\"post\" action=\"/queue/{id}/delete\" style=\"display:inline\"><button>delete</button></form></td></tr>",
+                record.state.as_str(),
+                record.attempts,
+                escape(&record.envelope.mail_from),
+                escape(&record.envelope.rcpt_to.join(", ")),
+                escape(
+                    &record
+                        .last_error
+                        .as_ref()
+                        .map(ToString::to_string)
+                        .unwrap_or_default()
+                ),
+                id = record.id,
+            );
+        }
+        html.push_str("</table>");
+        if records.len() > 500 {
+            let _ = write!(
+                html,
+                "<p>… and {} more (see <code>graph-relay queue list</code>).</p>",
+                records.len() - 500
+            );
+        }
+    }
+    let held = records
+        .iter()
+        .filter(|r| r.state == MailState::Held)
+        .count();
+    let _ = write!(html, "<!-- held={held} --></body></html>");
+    html
 }
 
 /// HTML-escapes text from mail and from error messages.
@@ -217,4 +480,55 @@ pub fn escape(text: &str) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (k, v) in pairs {
+            map.insert(
+                header::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        map
+    }
+
+    #[test]
+    fn actions_only_from_loopback_and_this_page() {
+        let local: IpAddr = "127.0.0.1".parse().unwrap();
+        let remote: IpAddr = "192.0.2.7".parse().unwrap();
+        assert!(action_allowed(local, &headers(&[])));
+        assert!(action_allowed("::1".parse().unwrap(), &headers(&[])));
+        assert!(!action_allowed(remote, &headers(&[])));
+        assert!(action_allowed(
+            local,
+            &headers(&[
+                ("host", "127.0.0.1:8025"),
+                ("origin", "http://127.0.0.1:8025")
+            ])
+        ));
+        assert!(!action_allowed(
+            local,
+            &headers(&[
+                ("host", "127.0.0.1:8025"),
+                ("origin", "https://evil.example")
+            ])
+        ));
+        assert!(!action_allowed(
+            local,
+            &headers(&[("origin", "http://127.0.0.1:8025")])
+        ));
+    }
+
+    #[test]
+    fn escape_neutralises_markup() {
+        assert_eq!(
+            escape("<script>\"x\" & 'y'</script>"),
+            "&lt;script&gt;&quot;x&quot; &amp; &#39;y&#39;&lt;/script&gt;"
+        );
+    }
 }
