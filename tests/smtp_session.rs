@@ -452,6 +452,26 @@ async fn shutdown_grace_period_ends_unfinished_transactions() {
 }
 
 #[tokio::test]
+async fn an_empty_message_and_a_dot_stuffed_first_line() {
+    let server = start(settings()).await;
+    let mut c = Raw::ready(
+        tokio::net::TcpStream::connect(server.addr)
+            .await
+            .expect("connect"),
+    )
+    .await;
+    // The terminating dot right after the 354.
+    let r = c.send_mail("a@x.test", &["r@y.test"], "").await;
+    assert!(r.starts_with("250 2.0.0 Ok: queued as "), "{r}");
+    let r = c.send_mail("a@x.test", &["r@y.test"], "..first\r\n").await;
+    assert!(r.starts_with("250 2.0.0 Ok: queued as "), "{r}");
+    let msgs = server.sink.messages();
+    assert_eq!(msgs[0].1.as_slice(), b"");
+    assert_eq!(msgs[1].1.as_slice(), b".first\r\n");
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn eight_bit_data_is_accepted_without_body_8bitmime() {
     let server = start(settings()).await;
     let mut c = Raw::ready(

@@ -439,7 +439,7 @@ impl Session<'_, '_> {
         conn.reply(&reply::start_data());
         let settings = self.ctx.settings;
         let max = settings.max_message_bytes;
-        let mut receiver = DataReceiver::new();
+        let mut receiver = data_receiver();
         let mut discard: Option<DummyDataReceiver> = None;
         let mut body = Vec::new();
         loop {
@@ -665,6 +665,18 @@ impl Session<'_, '_> {
     }
 }
 
+/// A DATA receiver that knows it starts at the beginning of a line. smtp-proto's starts with no
+/// line behind it, so a first line of `.` would not end the data (an empty message would hang)
+/// and a first line of `..x` would not be unstuffed; feeding it the CRLF that ended the DATA
+/// command fixes both.
+fn data_receiver() -> DataReceiver {
+    let mut receiver = DataReceiver::new();
+    let mut discarded = Vec::with_capacity(2);
+    let done = receiver.ingest(&mut b"\r\n".iter(), &mut discarded);
+    debug_assert!(!done);
+    receiver
+}
+
 /// smtp-proto decodes invalid UTF-8 lossily; such an address (or one with control characters)
 /// can never be delivered through Graph, so it is refused up front.
 fn valid_address(address: &str) -> bool {
@@ -718,6 +730,25 @@ mod tests {
             let err = Request::parse(&mut line.iter()).expect_err("must not parse");
             assert_eq!(parse_error_reply(&err).to_string(), want);
         }
+    }
+
+    #[test]
+    fn data_starts_at_the_beginning_of_a_line() {
+        for (input, body) in [
+            (&b".\r\n"[..], &b""[..]),
+            (b"..x\r\n.\r\n", b".x\r\n"),
+            (b"a\r\n..\r\n.\r\n", b"a\r\n.\r\n"),
+            (b"\r\n.\r\n", b"\r\n"),
+        ] {
+            let mut receiver = data_receiver();
+            let mut got = Vec::new();
+            assert!(receiver.ingest(&mut input.iter(), &mut got), "{input:?}");
+            assert_eq!(got, body, "{input:?}");
+        }
+        // Still not ended by a bare LF before the dot.
+        let mut receiver = data_receiver();
+        let mut got = Vec::new();
+        assert!(!receiver.ingest(&mut b"x\n.\r\n".iter(), &mut got));
     }
 
     #[test]
