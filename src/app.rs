@@ -21,7 +21,7 @@ use crate::deliver::backoff::Backoff;
 use crate::deliver::{GraphTransport, Latency, Outbox, QueueManager, RetryPolicy, Transport};
 use crate::notify::{Notice, Notifier};
 use crate::smtp::{self, AcceptError, MessageSink, SmtpSettings};
-use crate::spool::{Envelope, QueueId, Spool, SpoolError};
+use crate::spool::{Envelope, QueueId, Spool, SpoolError, WriteHook};
 use crate::status::Counters;
 use crate::status::http::{self as status_http, StatusContext};
 
@@ -33,6 +33,8 @@ pub struct StartOptions {
     /// Write requests to `<queue.dir>/outbox/` instead of calling Graph.
     pub dry_run: bool,
     pub clock: Arc<dyn Clock>,
+    /// Test seam: runs before every spool file write (e.g. to fail with ENOSPC).
+    pub spool_write_hook: Option<WriteHook>,
 }
 
 impl Default for StartOptions {
@@ -40,6 +42,7 @@ impl Default for StartOptions {
         StartOptions {
             dry_run: false,
             clock: Arc::new(SystemClock),
+            spool_write_hook: None,
         }
     }
 }
@@ -122,7 +125,10 @@ impl Running {
 pub async fn start(config: Config, opts: StartOptions) -> Result<Running, AppError> {
     let config = Arc::new(config);
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let spool = open_spool(&config).await?;
+    let mut spool = open_spool(&config).await?;
+    if let Some(hook) = opts.spool_write_hook.clone() {
+        spool = spool.with_write_hook(hook);
+    }
     let http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(Duration::from_secs(15))
