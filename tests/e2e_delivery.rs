@@ -1,0 +1,357 @@
+//! End to end: real SMTP clients (lettre, Python smtplib, swaks) → the relay (in-process) → the
+//! fake Graph. Every test asserts on what the fake received, and that the spool drains.
+
+mod common;
+
+use common::fake_graph::*;
+use common::relay::*;
+use lettre::message::header::ContentType;
+use lettre::message::{Attachment, Mailbox, MultiPart, SinglePart};
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn attachment_bytes(n: usize) -> Vec<u8> {
+    (0..n).map(|i| (i * 7 % 251) as u8).collect()
+}
+
+/// A message with To, Cc, no Bcc header, a text body and one attachment, built by lettre.
+fn lettre_message(subject: &str, attachment: &[u8]) -> Vec<u8> {
+    let m = lettre::Message::builder()
+        .from("Site <relay@contoso.test>".parse::<Mailbox>().unwrap())
+        .to("Alice <alice@example.org>".parse().unwrap())
+        .cc("bob@example.org".parse().unwrap())
+        .subject(subject)
+        .multipart(
+            MultiPart::mixed()
+                .singlepart(SinglePart::plain(
+                    "Hello from lettre.\nSecond line.".to_string(),
+                ))
+                .singlepart(Attachment::new("report.bin".into()).body(
+                    attachment.to_vec(),
+                    ContentType::parse("application/octet-stream").unwrap(),
+                )),
+        )
+        .unwrap();
+    m.formatted()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lettre_message_arrives_as_graph_json_with_envelope_only_bcc() {
+    let ms = FakeMicrosoft::start().await;
+    let relay = TestRelay::start(&ms, RelayOptions::default()).await;
+    let data = attachment_bytes(20_000);
+    let code = send_raw(
+        relay.smtp,
+        "relay@contoso.test",
+        &["alice@example.org", "bob@example.org", "hidden@example.net"],
+        &lettre_message("Quarterly report", &data),
+    )
+    .await;
+    assert_eq!(code, 250);
+
+    let sent = ms.wait_for_sent(1, WAIT).await;
+    let m = &sent[0];
+    assert_eq!(m.mailbox, DEFAULT_SENDER);
+    assert_eq!(m.path, SendPath::SendMailJson);
+    assert_eq!(m.subject().as_deref(), Some("Quarterly report"));
+    assert_eq!(m.to(), vec!["alice@example.org"]);
+    assert_eq!(m.cc(), vec!["bob@example.org"]);
+    assert_eq!(
+        m.bcc(),
+        vec!["hidden@example.net"],
+        "envelope-only recipient becomes Bcc"
+    );
+    let to_name = m.message()["toRecipients"][0]["emailAddress"]["name"].as_str();
+    assert_eq!(to_name, Some("Alice"), "display name kept");
+    let (kind, content) = m.body().expect("body");
+    assert_eq!(kind, "text");
+    assert!(
+        content.contains("Hello from lettre.") && content.contains("Second line."),
+        "{content}"
+    );
+    let atts = m.attachments();
+    assert_eq!(atts.len(), 1, "{atts:?}");
+    assert_eq!(atts[0].name, "report.bin");
+    assert_eq!(atts[0].bytes, data);
+    assert_eq!(m.save_to_sent_items().unwrap_or(true), true);
+
+    relay.wait_queue_empty(WAIT).await;
+    assert!(relay.files_in("failed").is_empty());
+    assert_eq!(ms.sent().len(), 1, "delivered exactly once");
+    assert_eq!(ms.token_requests_for("client_credentials"), 1);
+    relay.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_smtplib_message_arrives() {
+    let ms = FakeMicrosoft::start().await;
+    let relay = TestRelay::start(&ms, RelayOptions::default()).await;
+    let script = r#"
+import smtplib, sys
+from email.message import EmailMessage
+m = EmailMessage()
+m["From"] = "WordPress <relay@contoso.test>"
+m["To"] = "carol@example.org"
+m["Subject"] = "Grüße aus Python"
+m.set_content("Plain body ✓")
+m.add_alternative("<p>HTML body &#10003;</p>", subtype="html")
+m.add_attachment(bytes(range(256)) * 40, maintype="application", subtype="pdf", filename="doc.pdf")
+with smtplib.SMTP("127.0.0.1", int(sys.argv[1])) as s:
+    s.send_message(m, to_addrs=["carol@example.org", "audit@example.net"])
+"#;
+    let out = tokio::process::Command::new("python3")
+        .args(["-c", script, &relay.smtp.port().to_string()])
+        .output()
+        .await
+        .expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "smtplib failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let m = &ms.wait_for_sent(1, WAIT).await[0];
+    assert_eq!(m.subject().as_deref(), Some("Grüße aus Python"));
+    assert_eq!(m.to(), vec!["carol@example.org"]);
+    assert_eq!(m.bcc(), vec!["audit@example.net"]);
+    let (kind, content) = m.body().unwrap();
+    assert_eq!(kind, "html", "HTML alternative wins");
+    assert!(content.contains("HTML body"), "{content}");
+    let atts = m.attachments();
+    assert_eq!(atts.len(), 1);
+    assert_eq!(atts[0].name, "doc.pdf");
+    assert_eq!(atts[0].content_type.as_deref(), Some("application/pdf"));
+    let expected: Vec<u8> = (0..40).flat_map(|_| 0u8..=255).collect();
+    assert_eq!(atts[0].bytes, expected);
+    relay.wait_queue_empty(WAIT).await;
+    relay.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn swaks_message_arrives() {
+    let have_swaks = std::process::Command::new("swaks")
+        .arg("--version")
+        .output()
+        .is_ok();
+    if !have_swaks {
+        eprintln!("SKIP swaks_message_arrives: swaks is not installed (.ci/run installs it)");
+        return;
+    }
+    let ms = FakeMicrosoft::start().await;
+    let relay = TestRelay::start(&ms, RelayOptions::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("notes.txt");
+    std::fs::write(&file, "attached by swaks\n").unwrap();
+    let out = tokio::process::Command::new("swaks")
+        .args(["--server", &relay.smtp.to_string()])
+        .args(["--from", "relay@contoso.test"])
+        .args(["--to", "dave@example.org,erin@example.org"])
+        .args(["--header", "Subject: swaks test"])
+        .args(["--header", "X-Mailer-Test: yes"])
+        .args(["--body", "Body from swaks"])
+        .args([
+            "--attach-type",
+            "text/plain",
+            "--attach",
+            &format!("@{}", file.display()),
+        ])
+        .output()
+        .await
+        .expect("swaks runs");
+    assert!(
+        out.status.success(),
+        "swaks failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let m = &ms.wait_for_sent(1, WAIT).await[0];
+    assert_eq!(m.subject().as_deref(), Some("swaks test"));
+    let mut to = m.to();
+    to.extend(m.bcc());
+    to.sort();
+    assert_eq!(to, vec!["dave@example.org", "erin@example.org"]);
+    assert!(m.body().unwrap().1.contains("Body from swaks"));
+    let atts = m.attachments();
+    assert_eq!(atts.len(), 1, "{atts:?}");
+    assert_eq!(atts[0].bytes, b"attached by swaks\n");
+    assert_eq!(atts[0].name, "notes.txt");
+    relay.wait_queue_empty(WAIT).await;
+    relay.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_message_after_a_good_one_does_not_stop_a_later_good_one() {
+    // Two mailboxes exist; ghost@ does not, so Graph answers 404 ErrorInvalidUser for it.
+    let ms = FakeMicrosoft::start_with(FakeConfig {
+        mailboxes: Some(vec![DEFAULT_SENDER.into(), "alice@contoso.test".into()]),
+        ..FakeConfig::default()
+    })
+    .await;
+    let relay = TestRelay::start(
+        &ms,
+        RelayOptions {
+            microsoft_extra: "allowed_senders = [\"*@contoso.test\"]\n".into(),
+            ..RelayOptions::default()
+        },
+    )
+    .await;
+    let mail = |from: &str, subject: &str| {
+        format!(
+            "From: {from}\r\nTo: x@example.org\r\nSubject: {subject}\r\n\r\nbody of {subject}\r\n"
+        )
+        .into_bytes()
+    };
+    assert_eq!(
+        send_raw(
+            relay.smtp,
+            "alice@contoso.test",
+            &["x@example.org"],
+            &mail("alice@contoso.test", "first")
+        )
+        .await,
+        250
+    );
+    ms.wait_for_sent(1, WAIT).await;
+    assert_eq!(
+        send_raw(
+            relay.smtp,
+            "ghost@contoso.test",
+            &["x@example.org"],
+            &mail("ghost@contoso.test", "second")
+        )
+        .await,
+        250
+    );
+    let refused = ms.wait_for_requests(Route::SendMail, 2, WAIT).await;
+    assert_eq!(refused[1].status, 404);
+    assert_eq!(refused[1].error_code.as_deref(), Some("ErrorInvalidUser"));
+    assert_eq!(
+        send_raw(
+            relay.smtp,
+            "alice@contoso.test",
+            &["x@example.org"],
+            &mail("alice@contoso.test", "third")
+        )
+        .await,
+        250
+    );
+
+    let sent = ms.wait_for_sent(2, WAIT).await;
+    let subjects: Vec<_> = sent.iter().map(|m| m.subject().unwrap()).collect();
+    assert_eq!(subjects, vec!["first", "third"]);
+    assert!(sent.iter().all(|m| m.mailbox == "alice@contoso.test"));
+    relay.wait_queue_empty(WAIT).await;
+    assert_eq!(
+        relay.files_in("failed").len(),
+        2,
+        "the ghost message is failed (.eml + .json): {:?}",
+        relay.files_in("failed")
+    );
+    assert_eq!(
+        ms.request_count_for_path("/v1.0/users/ghost@contoso.test/sendMail"),
+        1,
+        "a permanent 404 is not retried"
+    );
+    relay.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_4_mb_goes_through_draft_and_upload_session() {
+    let ms = FakeMicrosoft::start().await;
+    let relay = TestRelay::start(&ms, RelayOptions::default()).await;
+    let big = attachment_bytes(5 * 1024 * 1024 + 123);
+    let code = send_raw(
+        relay.smtp,
+        "relay@contoso.test",
+        &["alice@example.org", "bob@example.org", "hidden@example.net"],
+        &lettre_message("Big one", &big),
+    )
+    .await;
+    assert_eq!(code, 250);
+
+    let m = &ms.wait_for_sent(1, WAIT).await[0];
+    assert_eq!(
+        m.path,
+        SendPath::Draft,
+        "request log:\n{}",
+        ms.request_log()
+    );
+    assert_eq!(m.subject().as_deref(), Some("Big one"));
+    assert_eq!(m.to(), vec!["alice@example.org"]);
+    assert_eq!(m.cc(), vec!["bob@example.org"]);
+    assert_eq!(m.bcc(), vec!["hidden@example.net"]);
+    let atts = m.attachments();
+    assert_eq!(atts.len(), 1);
+    assert_eq!(atts[0].name, "report.bin");
+    assert!(atts[0].bytes == big, "uploaded bytes differ");
+
+    assert_eq!(ms.request_count(Route::SendMail), 0);
+    assert_eq!(ms.request_count(Route::CreateMessage), 1);
+    assert_eq!(ms.request_count(Route::CreateUploadSession), 1);
+    assert_eq!(ms.request_count(Route::SendDraft), 1);
+    let chunks = ms.upload_chunks();
+    assert!(chunks.len() >= 2);
+    let mut next = 0;
+    for c in &chunks {
+        assert_eq!(c.start, next, "in order");
+        assert!(c.len <= MAX_UPLOAD_CHUNK_BYTES);
+        next = c.end + 1;
+    }
+    assert_eq!(next as usize, big.len());
+    assert!(
+        ms.requests()
+            .iter()
+            .filter(|r| r.route == Route::UploadChunk)
+            .all(|r| r.authorization.is_none())
+    );
+    assert!(
+        ms.rejected().is_empty(),
+        "nothing refused:\n{}",
+        ms.request_log()
+    );
+    relay.wait_queue_empty(WAIT).await;
+    assert_eq!(ms.unsent_drafts(), 0);
+    relay.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keeps_to_four_requests_in_flight_per_mailbox() {
+    let ms = FakeMicrosoft::start().await;
+    ms.set_response_delay(Duration::from_millis(150));
+    let relay = TestRelay::start(&ms, RelayOptions::default()).await;
+    let n = 12;
+    for i in 0..n {
+        let msg = format!(
+            "From: relay@contoso.test\r\nTo: r{i}@example.org\r\nSubject: burst {i}\r\n\r\nbody\r\n"
+        );
+        assert_eq!(
+            send_raw(
+                relay.smtp,
+                "relay@contoso.test",
+                &[&format!("r{i}@example.org")],
+                msg.as_bytes()
+            )
+            .await,
+            250
+        );
+    }
+    let sent = ms.wait_for_sent(n, WAIT).await;
+    assert_eq!(sent.len(), n);
+    let max = ms.max_in_flight(DEFAULT_SENDER);
+    assert!(
+        max <= MAILBOX_CONCURRENCY,
+        "relay had {max} requests in flight to one mailbox"
+    );
+    assert!(
+        ms.rejected()
+            .iter()
+            .all(|r| r.error_code.as_deref() != Some("ApplicationThrottled")),
+        "{}",
+        ms.request_log()
+    );
+    relay.wait_queue_empty(WAIT).await;
+    eprintln!("max in flight: {max}");
+    relay.shutdown().await;
+}
