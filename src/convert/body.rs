@@ -10,13 +10,13 @@
 use std::collections::HashSet;
 
 use mail_parser::decoders::base64::base64_decode;
-use mail_parser::decoders::html::text_to_html;
 use mail_parser::decoders::quoted_printable::quoted_printable_decode;
 use mail_parser::{Encoding, Message, MessagePart, MimeHeaders, PartType};
 
 use super::LargeAttachment;
 use super::graph_json::{BodyType, ItemBody};
-use super::text::{body_text, one_line};
+use super::html;
+use super::text::{self, body_text, one_line};
 
 /// Body and attachments of one message.
 #[derive(Debug, Clone)]
@@ -41,26 +41,26 @@ pub(crate) fn extract(msg: &Message<'_>, raw: &[u8]) -> Content {
         .collect();
     let has_html = html_parts.iter().any(|p| p.is_text_html());
     let mut body = if has_html {
-        let mut s = String::new();
-        for p in &html_parts {
-            match &p.body {
-                PartType::Html(h) => s.push_str(h),
-                PartType::Text(t) => s.push_str(&text_to_html(t)),
-                _ => {}
-            }
-        }
+        let docs: Vec<String> = html_parts
+            .iter()
+            .filter_map(|p| match &p.body {
+                PartType::Html(h) => Some(h.to_string()),
+                PartType::Text(_) => Some(html::text_fragment(&plain_text(p))),
+                _ => None,
+            })
+            .collect();
         ItemBody {
             content_type: BodyType::Html,
-            content: s,
+            content: html::meta_charset_utf8(&html::join_documents(&docs)),
         }
     } else {
         let mut s = String::new();
         for p in (0..msg.text_body_count()).filter_map(|i| msg.text_part(i as u32)) {
-            if let PartType::Text(t) = &p.body {
+            if matches!(p.body, PartType::Text(_)) {
                 if !s.is_empty() && !s.ends_with('\n') {
                     s.push_str("\r\n");
                 }
-                s.push_str(t);
+                s.push_str(&plain_text(p));
             }
         }
         ItemBody {
@@ -166,6 +166,24 @@ pub(crate) fn extract(msg: &Message<'_>, raw: &[u8]) -> Content {
 
     body.content = body_text(&body.content).into_owned();
     Content { body, parts }
+}
+
+/// A text/plain part's text, with `format=flowed` undone.
+fn plain_text(p: &MessagePart<'_>) -> String {
+    let text = match &p.body {
+        PartType::Text(t) => t.as_ref(),
+        _ => "",
+    };
+    let ct = p.content_type();
+    let attr_is = |name: &str, value: &str| {
+        ct.and_then(|c| c.attribute(name))
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case(value))
+    };
+    if attr_is("format", "flowed") {
+        text::unflow(text, attr_is("delsp", "yes"))
+    } else {
+        text.to_string()
+    }
 }
 
 /// Lower-cased (type, subtype); a part without Content-Type is text/plain.

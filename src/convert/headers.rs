@@ -82,25 +82,43 @@ fn is_token_name(name: &str) -> bool {
     !name.is_empty() && name.bytes().all(|b| b.is_ascii_graphic() && b != b':')
 }
 
-/// The first five `X-` headers (name as written, value unfolded and trimmed, empty values
-/// skipped) in message order.
+/// `X-` headers Graph must not get as custom headers: the priority ones are already mapped to
+/// `importance`, and Exchange writes its own `X-MS-Exchange-*`, `X-MS-Has-Attach` and
+/// `X-MS-TNEF-Correlator`.
+fn is_mapped_or_exchange_owned(name: &str) -> bool {
+    let n = name.to_ascii_lowercase();
+    matches!(
+        n.as_str(),
+        "x-priority" | "x-msmail-priority" | "x-ms-has-attach" | "x-ms-tnef-correlator"
+    ) || n.starts_with("x-ms-exchange-")
+}
+
+/// The first five `X-` headers for `internetMessageHeaders`, in message order: name as first
+/// written, value unfolded and trimmed, empty values skipped. A name that appears more than once
+/// (cron's `X-Cron-Env`) becomes one header with the values joined by ", ", since Exchange keeps
+/// one value per header name. Headers mapped to Graph fields or owned by Exchange are left out.
 pub(crate) fn x_headers(fields: &[(&str, String)]) -> Vec<InternetMessageHeader> {
-    fields
-        .iter()
-        .filter(|(name, _)| {
-            name.len() > 2
-                && name.as_bytes()[..2].eq_ignore_ascii_case(b"x-")
-                && is_token_name(name)
-        })
-        .filter_map(|(name, value)| {
-            let value = one_line(value);
-            (!value.is_empty()).then(|| InternetMessageHeader {
+    let mut out: Vec<InternetMessageHeader> = Vec::new();
+    for (name, value) in fields {
+        let is_x = name.len() > 2 && name.as_bytes()[..2].eq_ignore_ascii_case(b"x-");
+        if !is_x || !is_token_name(name) || is_mapped_or_exchange_owned(name) {
+            continue;
+        }
+        let value = one_line(value);
+        if value.is_empty() {
+            continue;
+        }
+        if let Some(h) = out.iter_mut().find(|h| h.name.eq_ignore_ascii_case(name)) {
+            h.value.push_str(", ");
+            h.value.push_str(&value);
+        } else if out.len() < MAX_INTERNET_MESSAGE_HEADERS {
+            out.push(InternetMessageHeader {
                 name: name.to_string(),
                 value,
-            })
-        })
-        .take(MAX_INTERNET_MESSAGE_HEADERS)
-        .collect()
+            });
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -149,15 +167,15 @@ mod tests {
     }
 
     #[test]
-    fn x_headers_first_five_unfolded_non_empty() {
-        let raw = "From: a@b.example\r\nX-One: 1\r\nX-Empty:   \r\nx-two: two\r\n  folded  \r\nReferences: <r@x>\r\nX-Three: 3\r\nX-Four: 4\r\nX-Five: 5\r\nX-Six: 6\r\n\r\nbody";
+    fn x_headers_first_five_unfolded_non_empty_merged() {
+        let raw = "From: a@b.example\r\nX-One: 1\r\nX-Empty:   \r\nx-two: two\r\n  folded  \r\nReferences: <r@x>\r\nX-Priority: 1\r\nX-MS-Exchange-Organization-SCL: -1\r\nX-Three: 3\r\nX-one: 1b\r\nX-Four: 4\r\nX-Five: 5\r\nX-Six: 6\r\nX-Two: 2b\r\n\r\nbody";
         let got = with_fields(raw, x_headers);
         let got: Vec<(String, String)> = got.into_iter().map(|h| (h.name, h.value)).collect();
         assert_eq!(
             got,
             vec![
-                ("X-One".into(), "1".into()),
-                ("x-two".into(), "two folded".into()),
+                ("X-One".into(), "1, 1b".into()),
+                ("x-two".into(), "two folded, 2b".into()),
                 ("X-Three".into(), "3".into()),
                 ("X-Four".into(), "4".into()),
                 ("X-Five".into(), "5".into()),

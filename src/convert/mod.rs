@@ -15,6 +15,7 @@ pub mod graph_json;
 
 mod body;
 mod headers;
+mod html;
 mod mime;
 mod recipients;
 mod sender;
@@ -173,9 +174,7 @@ pub fn precheck(raw: &[u8]) -> Result<(), ConvertError> {
     if raw.iter().all(u8::is_ascii_whitespace) {
         return Err(ConvertError::Empty);
     }
-    let msg = MessageParser::new()
-        .parse_headers(raw)
-        .ok_or(ConvertError::Unparseable)?;
+    let msg = parse(raw, true).ok_or(ConvertError::Unparseable)?;
     if msg.headers().is_empty() {
         return Err(ConvertError::Unparseable);
     }
@@ -198,9 +197,7 @@ pub fn convert(
     }
     let repaired = text::repair_header_bytes(raw);
     let parsed: &[u8] = &repaired;
-    let msg = MessageParser::new()
-        .parse(parsed)
-        .ok_or(ConvertError::Unparseable)?;
+    let msg = parse(parsed, false).ok_or(ConvertError::Unparseable)?;
     if msg.headers().is_empty() {
         return Err(ConvertError::Unparseable);
     }
@@ -313,6 +310,22 @@ fn plan_request(
         uploads.push(p.clone());
     }
     Ok(PlanRequest::Draft { message, uploads })
+}
+
+/// mail-parser never panics in release builds, but has `debug_assert!`s on "cannot happen"
+/// paths that odd input does reach; a panic there (or any parser bug) means "unparseable", not a
+/// dead delivery task.
+fn parse(raw: &[u8], headers_only: bool) -> Option<mail_parser::Message<'_>> {
+    std::panic::catch_unwind(|| {
+        let parser = MessageParser::new();
+        if headers_only {
+            parser.parse_headers(raw)
+        } else {
+            parser.parse(raw)
+        }
+    })
+    .ok()
+    .flatten()
 }
 
 fn base64_len(n: usize) -> usize {

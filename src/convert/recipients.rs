@@ -64,7 +64,7 @@ impl Group {
     }
 }
 
-/// Addresses of parsed header fields (all fields of one name, groups flattened), without entries that have no address.
+/// Addresses of parsed header fields (all fields of one name, groups flattened), without entries that are not `local@domain`.
 pub(crate) fn header_addrs<'a, 'x: 'a>(
     fields: impl IntoIterator<Item = &'a mail_parser::Address<'x>>,
 ) -> Vec<HeaderAddr> {
@@ -73,8 +73,10 @@ pub(crate) fn header_addrs<'a, 'x: 'a>(
         .flat_map(|addr| addr.iter())
         .filter_map(|a| {
             let address = a.address()?.trim();
-            if address.is_empty() {
-                return None;
+            // Graph refuses anything that is not local@domain ("root", "undisclosed").
+            match address.rsplit_once('@') {
+                Some((local, domain)) if !local.is_empty() && !domain.is_empty() => {}
+                _ => return None,
             }
             Some(HeaderAddr {
                 address: address.to_string(),

@@ -129,6 +129,59 @@ pub(crate) fn address_key(address: &str) -> String {
         .to_lowercase()
 }
 
+/// Undoes RFC 3676 `format=flowed`: a line ending in a space continues on the next line of the
+/// same quote depth (the space is dropped with `delsp=yes`); space-stuffing is removed; the
+/// signature separator `-- ` is never joined. Lines end in CRLF.
+pub(crate) fn unflow(text: &str, delsp: bool) -> String {
+    let mut lines: Vec<String> = Vec::new();
+    let mut para = String::new();
+    let mut para_depth: Option<usize> = None;
+    let flush = |lines: &mut Vec<String>, para: &mut String, depth: usize| {
+        let mut line = ">".repeat(depth);
+        if depth > 0 && !para.is_empty() {
+            line.push(' ');
+        }
+        line.push_str(para);
+        lines.push(line);
+        para.clear();
+    };
+    let body = text.strip_suffix('\n').unwrap_or(text);
+    for raw in body.split('\n') {
+        let line = raw.strip_suffix('\r').unwrap_or(raw);
+        let depth = line.bytes().take_while(|&b| b == b'>').count();
+        let mut content = &line[depth..];
+        if let Some(rest) = content.strip_prefix(' ') {
+            content = rest;
+        }
+        if let Some(d) = para_depth
+            && d != depth
+        {
+            flush(&mut lines, &mut para, d);
+        }
+        let flowed = content.ends_with(' ') && content != "-- ";
+        if flowed {
+            para.push_str(if delsp {
+                &content[..content.len() - 1]
+            } else {
+                content
+            });
+            para_depth = Some(depth);
+        } else {
+            para.push_str(content);
+            flush(&mut lines, &mut para, depth);
+            para_depth = None;
+        }
+    }
+    if let Some(d) = para_depth {
+        flush(&mut lines, &mut para, d);
+    }
+    let mut out = lines.join("\r\n");
+    if text.ends_with('\n') {
+        out.push_str("\r\n");
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -152,6 +205,18 @@ mod tests {
             repair_header_bytes(b"A: b\r\n\r\n\xff"),
             Cow::Borrowed(_)
         ));
+    }
+
+    #[test]
+    fn unflows_format_flowed() {
+        let text = "This is a long \r\nparagraph.\r\n> quoted \r\n> more\r\n>> deeper\r\n\r\n-- \r\nsig\r\n";
+        assert_eq!(
+            unflow(text, false),
+            "This is a long paragraph.\r\n> quoted more\r\n>> deeper\r\n\r\n-- \r\nsig\r\n"
+        );
+        assert_eq!(unflow("Ab \r\ncd", true), "Abcd");
+        assert_eq!(unflow(" From me", false), "From me");
+        assert_eq!(unflow("", false), "");
     }
 
     #[test]
