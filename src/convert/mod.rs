@@ -5,7 +5,7 @@
 //! One message becomes one [`GraphPlan`] per group of at most 500 envelope recipients:
 //! - [`PlanRequest::SendMail`]: one JSON `POST {mailbox}/sendMail`, body < 4,000,000 bytes;
 //! - [`PlanRequest::Mime`]: signed or encrypted mail, `POST {mailbox}/sendMail` with
-//!   `Content-Type: text/plain` and the base64 MIME as body (see [`mime`] for header edits);
+//!   `Content-Type: text/plain` and the base64 MIME as body (header edits: see `mime.rs`);
 //! - [`PlanRequest::Draft`]: larger mail: `POST {mailbox}/messages` with `message` (small
 //!   attachments inline while it stays < 4,000,000 bytes), then add each of `uploads` (POST
 //!   `/attachments` below 3 MB, `createUploadSession` from 3 MB), then `POST .../send`.
