@@ -74,7 +74,10 @@ async fn lettre_message_arrives_as_graph_json_with_envelope_only_bcc() {
     assert_eq!(atts.len(), 1, "{atts:?}");
     assert_eq!(atts[0].name, "report.bin");
     assert_eq!(atts[0].bytes, data);
-    assert_eq!(m.save_to_sent_items().unwrap_or(true), true);
+    assert!(
+        m.save_to_sent_items().unwrap_or(true),
+        "saveToSentItems defaults to true"
+    );
 
     relay.wait_queue_empty(WAIT).await;
     assert!(relay.files_in("failed").is_empty());
@@ -353,5 +356,24 @@ async fn keeps_to_four_requests_in_flight_per_mailbox() {
     );
     relay.wait_queue_empty(WAIT).await;
     eprintln!("max in flight: {max}");
+    relay.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "unconfirmed boundary: the relay sends attachments of 3,000,000..3 MiB bytes through an upload session; the fake (like Graph if \"3 MB\" means 3 MiB) refuses sessions under 3 MiB"]
+async fn attachment_between_3_000_000_bytes_and_3_mib_is_delivered() {
+    let ms = FakeMicrosoft::start().await;
+    let relay = TestRelay::start(&ms, RelayOptions::default()).await;
+    let data = attachment_bytes(3_050_000);
+    let code = send_raw(
+        relay.smtp,
+        "relay@contoso.test",
+        &["alice@example.org"],
+        &lettre_message("edge", &data),
+    )
+    .await;
+    assert_eq!(code, 250);
+    let m = &ms.wait_for_sent(1, WAIT).await[0];
+    assert!(m.attachments()[0].bytes == data);
     relay.shutdown().await;
 }

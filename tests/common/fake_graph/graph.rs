@@ -459,7 +459,7 @@ fn add_attachment(st: &mut St, req: &Req, mailbox: &str) -> Result<Reply, GraphE
     find_draft(st, &id, mailbox)?;
     let body = parse_json(req)?;
     let bytes = validate::file_attachment(&body)?;
-    if bytes.len() as u64 >= UPLOAD_SESSION_MIN_BYTES {
+    if bytes.len() as u64 >= st.cfg.upload_session_min_bytes {
         return Err(GraphError::new(
             413,
             "RequestEntityTooLarge",
@@ -483,7 +483,7 @@ fn create_upload_session(
     find_draft(st, &id, mailbox)?;
     let body = parse_json(req)?;
     let item = validate::create_upload_session(&body)?;
-    if item.size < UPLOAD_SESSION_MIN_BYTES {
+    if item.size < st.cfg.upload_session_min_bytes {
         return Err(GraphError::new(
             400,
             "ErrorAttachmentSizeShouldNotBeLessThanMinimumSize",

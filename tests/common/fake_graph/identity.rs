@@ -329,10 +329,9 @@ fn delegated_scopes(base: &str, st: &St, scope: &str) -> Result<(Vec<String>, bo
                     .delegated_consentable
                     .iter()
                     .find(|p| p.eq_ignore_ascii_case(name))
+                    && !perms.contains(p)
                 {
-                    if !perms.contains(p) {
-                        perms.push(p.clone());
-                    }
+                    perms.push(p.clone());
                 }
             }
         }
@@ -675,15 +674,14 @@ fn check_assertion(
                     "Client assertion failed signature validation. [Reason - The key was not found. Thumbprint of key used by client: (x5t#S256) does not match a registered certificate.]",
                 ));
             }
-        } else if let Some(t) = x5t {
-            if let Some(sha1) = sha1_of_cert(pem) {
-                if t != URL_SAFE_NO_PAD.encode(sha1) {
-                    return Err(bad(
-                        700027,
-                        "Client assertion failed signature validation. [Reason - The key was not found. Thumbprint (x5t) does not match a registered certificate.]",
-                    ));
-                }
-            }
+        } else if let Some(t) = x5t
+            && let Some(sha1) = sha1_of_cert(pem)
+            && t != URL_SAFE_NO_PAD.encode(sha1)
+        {
+            return Err(bad(
+                700027,
+                "Client assertion failed signature validation. [Reason - The key was not found. Thumbprint (x5t) does not match a registered certificate.]",
+            ));
         }
         if let Some(false) = openssl_verify(
             pem,
@@ -838,10 +836,10 @@ fn device_code_grant(base: &str, st: &mut St, form: &[(String, String)], tenant:
     };
     let now = Instant::now();
     dc.info.polls += 1;
-    if let Some(last) = dc.last_poll {
-        if now.duration_since(last) + Duration::from_millis(150) < dc.interval {
-            dc.info.too_fast_polls += 1;
-        }
+    if let Some(last) = dc.last_poll
+        && now.duration_since(last) + Duration::from_millis(150) < dc.interval
+    {
+        dc.info.too_fast_polls += 1;
     }
     dc.last_poll = Some(now);
     if dc.info.state == DeviceCodeState::Pending && now >= dc.expires_at {
