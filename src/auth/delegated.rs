@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use tracing::{info, warn};
 
 use super::entra::{TokenResponse, request_token};
-use super::store::{self, CachedTokens};
+use super::store::{self, CachedTokens, Watched};
 use super::{
     AccessToken, StatusCell, TokenError, TokenSource, TokenState, TokenStatus, refresh_margin,
 };
@@ -25,8 +25,10 @@ pub struct Delegated {
     scope: String,
     cache_path: PathBuf,
     clock: Arc<dyn Clock>,
-    /// The cache as last read or written, and the file stamp it was read at.
+    /// The cache as last read or written.
     cached: Mutex<Option<CachedTokens>>,
+    /// Tells when the file changed under us (a login by another process).
+    file: Watched,
     refreshing: tokio::sync::Mutex<()>,
     status: StatusCell,
 }
@@ -61,9 +63,10 @@ impl Delegated {
             token_url,
             client_id,
             scope,
-            cache_path,
+            cache_path: cache_path.clone(),
             clock,
             cached: Mutex::new(cached),
+            file: Watched::new(vec![cache_path.clone()]),
             refreshing: tokio::sync::Mutex::new(()),
             status,
         }
@@ -93,16 +96,18 @@ impl Delegated {
         }
     }
 
-    /// Re-reads the cache file (another process may have signed in).
-    fn reload(&self) -> Option<CachedTokens> {
-        let on_disk = store::load(&self.cache_path)
-            .ok()
-            .flatten()
-            .filter(|c| c.flow == "delegated");
+    /// The cached sign-in, re-read when the file changed since we last read or wrote it
+    /// (another process signed in).
+    fn current(&self) -> Option<CachedTokens> {
         let mut cached = self.cached.lock().expect("token cache lock");
-        if on_disk.is_some() && on_disk != *cached {
+        if self.file.changed()
+            && let Some(on_disk) = store::load(&self.cache_path)
+                .ok()
+                .flatten()
+                .filter(|c| c.flow == "delegated")
+        {
             info!("token cache changed on disk; using the new sign-in");
-            *cached = on_disk;
+            *cached = Some(on_disk);
         }
         cached.clone()
     }
@@ -152,7 +157,7 @@ impl Delegated {
 impl TokenSource for Delegated {
     async fn token(&self) -> Result<AccessToken, TokenError> {
         let _guard = self.refreshing.lock().await;
-        let outcome = match self.reload() {
+        let outcome = match self.current() {
             None => Err(TokenError::Reauth(NOT_SIGNED_IN.into())),
             Some(tokens) => match self.usable(&tokens) {
                 Some(token) => Ok(token),
