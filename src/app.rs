@@ -67,6 +67,7 @@ pub struct Running {
     smtp_addrs: Vec<SocketAddr>,
     implicit_tls_addrs: Vec<SocketAddr>,
     tokens: Arc<Tokens>,
+    manager: Arc<QueueManager>,
     http: reqwest::Client,
     clock: Arc<dyn Clock>,
     status_addr: Option<SocketAddr>,
@@ -88,11 +89,12 @@ impl Running {
         self.status_addr
     }
 
-    /// SIGHUP: takes the Microsoft credentials from a reloaded configuration and tries held
-    /// mail again. (Listeners and SMTP policy need a restart.)
+    /// SIGHUP: takes the Microsoft credentials and the sender policy from a reloaded
+    /// configuration and tries held mail again. (Listeners and SMTP policy need a restart.)
     pub fn reload(&self, config: &Config) {
         self.tokens
             .replace(config, self.http.clone(), self.clock.clone());
+        self.manager.set_options(convert_options(config));
         info!(
             token_state = self.tokens.status().state.as_str(),
             "configuration reloaded"
@@ -226,7 +228,7 @@ pub async fn start(config: Config, opts: StartOptions) -> Result<Running, AppErr
         None => None,
     };
 
-    tasks.spawn(manager.run(shutdown.clone(), SHUTDOWN_GRACE));
+    tasks.spawn(manager.clone().run(shutdown.clone(), SHUTDOWN_GRACE));
     let notifier = Notifier::new(
         http.clone(),
         config.notify.webhook_url.clone(),
@@ -256,6 +258,7 @@ pub async fn start(config: Config, opts: StartOptions) -> Result<Running, AppErr
         smtp_addrs,
         implicit_tls_addrs,
         tokens: tokens.clone(),
+        manager: manager.clone(),
         http,
         clock: opts.clock.clone(),
         status_addr,

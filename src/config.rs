@@ -512,10 +512,9 @@ fn reset_key(
     if let Some(name) = message
         .strip_prefix("unknown field `")
         .and_then(|m| m.split('`').next())
+        && segments.last().map(String::as_str) != Some(name)
     {
-        if segments.last().map(String::as_str) != Some(name) {
-            segments.push(name.to_string());
-        }
+        segments.push(name.to_string());
     }
     let shown = segments.join(".");
     let default = lookup(defaults, &segments).cloned();

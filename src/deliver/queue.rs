@@ -4,7 +4,7 @@
 //! Holds mail while the token state is not `valid`.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::{Notify, Semaphore};
@@ -39,7 +39,7 @@ pub struct QueueManager {
     spool: Spool,
     transport: Arc<dyn Transport>,
     tokens: Arc<dyn TokenSource>,
-    options: ConvertOptions,
+    options: RwLock<ConvertOptions>,
     policy: RetryPolicy,
     clock: Arc<dyn Clock>,
     counters: Arc<Counters>,
@@ -68,7 +68,7 @@ impl QueueManager {
             spool,
             transport,
             tokens,
-            options,
+            options: RwLock::new(options),
             policy,
             clock,
             counters,
@@ -79,6 +79,12 @@ impl QueueManager {
             workers: Arc::new(Semaphore::new(WORKERS)),
             last_probe: Mutex::new(None),
         })
+    }
+
+    /// Takes the sender policy of a reloaded configuration.
+    pub fn set_options(&self, options: ConvertOptions) {
+        *self.options.write().expect("options lock") = options;
+        self.wake.notify_one();
     }
 
     /// A handle that wakes the manager (new mail, a retry asked for, a token change).
@@ -216,14 +222,24 @@ impl QueueManager {
                 return;
             }
         };
-        let plans = match convert(&raw, &record.envelope, &self.options) {
+        let options = self.options.read().expect("options lock").clone();
+        let plans = match convert(&raw, &record.envelope, &options) {
             Ok(plans) => plans,
             Err(e) => {
-                let failure = DeliveryError::Permanent(LastError {
+                let error = LastError {
                     status: None,
                     code: "ConversionFailed".into(),
                     message: e.to_string(),
-                });
+                };
+                // A missing `microsoft.sender` is fixed in the config, not in the message.
+                let failure = if e.is_permanent() {
+                    DeliveryError::Permanent(error)
+                } else {
+                    DeliveryError::Transient {
+                        error,
+                        retry_after: None,
+                    }
+                };
                 return self.finish(record, Err(failure)).await;
             }
         };
