@@ -250,7 +250,6 @@ async fn delegated_device_code_login_from_the_status_page_drains_held_mail() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "relay bug: the delegated scope is only Mail.Send; the draft path needs Mail.ReadWrite (403 ErrorAccessDenied, then every message is held)"]
 async fn delegated_large_message_goes_through_the_draft_path() {
     // The draft path (POST /me/messages, createUploadSession) needs Mail.ReadWrite; Graph answers
     // 403 ErrorAccessDenied to a delegated token that only has Mail.Send.

@@ -360,7 +360,6 @@ async fn keeps_to_four_requests_in_flight_per_mailbox() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "unconfirmed boundary: the relay sends attachments of 3,000,000..3 MiB bytes through an upload session; the fake (like Graph if \"3 MB\" means 3 MiB) refuses sessions under 3 MiB"]
 async fn attachment_between_3_000_000_bytes_and_3_mib_is_delivered() {
     let ms = FakeMicrosoft::start().await;
     let relay = TestRelay::start(&ms, RelayOptions::default()).await;
@@ -375,5 +374,89 @@ async fn attachment_between_3_000_000_bytes_and_3_mib_is_delivered() {
     assert_eq!(code, 250);
     let m = &ms.wait_for_sent(1, WAIT).await[0];
     assert!(m.attachments()[0].bytes == data);
+    relay.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_draft_is_deleted_and_small_mail_still_flows_without_mail_readwrite() {
+    // The app has Mail.Send only: big mail (draft path) is refused for that message alone.
+    let ms = FakeMicrosoft::start_with(common::fake_graph::FakeConfig {
+        app_roles: vec!["Mail.Send".into()],
+        ..Default::default()
+    })
+    .await;
+    let relay = TestRelay::start(&ms, RelayOptions::default()).await;
+    let big = attachment_bytes(5 * 1024 * 1024);
+    let code = send_raw(
+        relay.smtp,
+        "relay@contoso.test",
+        &["alice@example.org"],
+        &lettre_message("Big", &big),
+    )
+    .await;
+    assert_eq!(code, 250);
+    let failed = common::relay::files_in(&relay.queue_dir().join("failed"));
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while common::relay::files_in(&relay.queue_dir().join("failed")).len() < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "big mail never failed: {failed:?}\n{}",
+            ms.request_log()
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let status = relay.status_json().await;
+    assert_eq!(
+        status["token"]["state"], "valid",
+        "a missing Mail.ReadWrite must not hold all mail: {status}"
+    );
+    let small =
+        b"From: relay@contoso.test\r\nTo: bob@example.org\r\nSubject: small\r\n\r\nbody\r\n";
+    assert_eq!(
+        send_raw(
+            relay.smtp,
+            "relay@contoso.test",
+            &["bob@example.org"],
+            small
+        )
+        .await,
+        250
+    );
+    let sent = ms.wait_for_sent(1, WAIT).await;
+    assert_eq!(sent[0].subject().as_deref(), Some("small"));
+    relay.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_failure_deletes_the_draft_before_the_retry() {
+    let ms = FakeMicrosoft::start().await;
+    ms.push_response(
+        Route::CreateUploadSession,
+        common::fake_graph::ScriptedResponse::unavailable(Some("1")),
+    );
+    let relay = TestRelay::start(&ms, RelayOptions::default()).await;
+    let big = attachment_bytes(5 * 1024 * 1024);
+    let code = send_raw(
+        relay.smtp,
+        "relay@contoso.test",
+        &["alice@example.org"],
+        &lettre_message("Retried big", &big),
+    )
+    .await;
+    assert_eq!(code, 250);
+    let sent = ms.wait_for_sent(1, WAIT).await;
+    assert_eq!(sent[0].subject().as_deref(), Some("Retried big"));
+    relay.wait_queue_empty(WAIT).await;
+    assert_eq!(
+        ms.request_count(Route::CreateMessage),
+        2,
+        "one draft per attempt"
+    );
+    assert_eq!(
+        ms.unsent_drafts(),
+        0,
+        "the first attempt's draft was deleted:\n{}",
+        ms.request_log()
+    );
     relay.shutdown().await;
 }

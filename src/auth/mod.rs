@@ -282,13 +282,14 @@ fn watched_paths(config: &Config) -> Vec<PathBuf> {
     paths
 }
 
-/// Delegated scope: `offline_access` (for a refresh token) and `Mail.Send` on Graph's origin.
+/// Delegated scope: `offline_access` (for a refresh token), `Mail.Send`, and `Mail.ReadWrite`
+/// for mail over 4 MB, which goes through a draft in the user's mailbox.
 pub fn delegated_scope(config: &Config) -> String {
     if !config.microsoft.scope.is_empty() {
         return format!("offline_access {}", config.microsoft.scope);
     }
     let origin = config.scope().trim_end_matches("/.default").to_string();
-    format!("offline_access {origin}/Mail.Send")
+    format!("offline_access {origin}/Mail.Send {origin}/Mail.ReadWrite")
 }
 
 /// The token source the configuration asks for.

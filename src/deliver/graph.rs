@@ -84,30 +84,52 @@ impl GraphTransport {
         outcome
     }
 
+    /// Runs the plan's steps. A draft left by a failure before `/send` is deleted, so a retry
+    /// does not pile drafts up in the mailbox; after `/send` was tried it is left alone (it may
+    /// have been sent, and deleting it would delete the sent copy).
     async fn run_steps(&self, plan: &GraphPlan, token: &AccessToken) -> Result<(), Failure> {
-        let mut message_id = String::new();
+        let mut draft = Draft::default();
+        let result = self.run_steps_tracking(plan, token, &mut draft).await;
+        if result.is_err() && !draft.id.is_empty() && !draft.send_tried {
+            self.discard_draft(plan, &draft.id, token).await;
+        }
+        result
+    }
+
+    async fn run_steps_tracking(
+        &self,
+        plan: &GraphPlan,
+        token: &AccessToken,
+        draft: &mut Draft,
+    ) -> Result<(), Failure> {
         let mut upload_url = String::new();
         for step in steps(plan) {
             match step {
                 Step::PostJson { path, body, expect } => {
-                    let request = self.http.post(self.url(&path, &message_id)).json(&body);
-                    let response = self.send(request, Some(token), expect).await?;
-                    if message_id.is_empty() && expect == 201 {
+                    let request = self.http.post(self.url(&path, &draft.id)).json(&body);
+                    let response = self
+                        .send(request, Some(token), expect)
+                        .await
+                        .map_err(Failure::on_draft)?;
+                    if draft.id.is_empty() && expect == 201 {
                         // The first 201 is the draft's creation.
-                        message_id = read_field(response, "id").await?;
+                        draft.id = read_field(response, "id").await?;
                     }
                 }
                 Step::PostMime { path, base64 } => {
                     let request = self
                         .http
-                        .post(self.url(&path, &message_id))
+                        .post(self.url(&path, &draft.id))
                         .header(CONTENT_TYPE, "text/plain")
                         .body(base64.to_string());
                     self.send(request, Some(token), 202).await?;
                 }
                 Step::CreateUpload { path, body } => {
-                    let request = self.http.post(self.url(&path, &message_id)).json(&body);
-                    let response = self.send(request, Some(token), 201).await?;
+                    let request = self.http.post(self.url(&path, &draft.id)).json(&body);
+                    let response = self
+                        .send(request, Some(token), 201)
+                        .await
+                        .map_err(Failure::on_draft)?;
                     upload_url = read_field(response, "uploadUrl").await?;
                 }
                 Step::PutRange {
@@ -133,15 +155,26 @@ impl GraphTransport {
                     self.send(request, None, expect).await?;
                 }
                 Step::PostEmpty { path, expect } => {
-                    let request = self
-                        .http
-                        .post(self.url(&path, &message_id))
-                        .body(Vec::new());
+                    draft.send_tried = true;
+                    let request = self.http.post(self.url(&path, &draft.id)).body(Vec::new());
                     self.send(request, Some(token), expect).await?;
                 }
             }
         }
         Ok(())
+    }
+
+    async fn discard_draft(&self, plan: &GraphPlan, id: &str, token: &AccessToken) {
+        let url = format!("{}{}/messages/{id}", self.graph_url, plan.mailbox.path());
+        let request = self
+            .http
+            .delete(url)
+            .header(AUTHORIZATION, format!("Bearer {}", token.value));
+        match request.timeout(REQUEST_TIMEOUT).send().await {
+            Ok(response) if response.status().is_success() => debug!("deleted the unsent draft"),
+            Ok(response) => warn!(status = %response.status(), "could not delete the unsent draft"),
+            Err(e) => warn!(error = %e, "could not delete the unsent draft"),
+        }
     }
 
     fn url(&self, path: &str, message_id: &str) -> String {
@@ -198,9 +231,28 @@ enum Failure {
         error: LastError,
         retry_after: Option<Duration>,
     },
+    /// Creating a draft or an upload session was refused: the permission for big mail
+    /// (Mail.ReadWrite) is missing. Only this message is affected; small mail still goes.
+    DraftDenied(LastError),
+}
+
+/// The draft of the big-mail path, as far as it got.
+#[derive(Default)]
+struct Draft {
+    id: String,
+    send_tried: bool,
 }
 
 impl Failure {
+    fn on_draft(self) -> Failure {
+        match self {
+            Failure::Status { error, .. } if error.status == Some(403) => {
+                Failure::DraftDenied(error)
+            }
+            other => other,
+        }
+    }
+
     fn into_delivery(self) -> DeliveryError {
         match self {
             Failure::Network(message) => DeliveryError::Transient {
@@ -213,6 +265,10 @@ impl Failure {
             },
             Failure::Unauthorized(error) => DeliveryError::Permanent(error),
             Failure::Status { error, retry_after } => classify(error, retry_after),
+            Failure::DraftDenied(mut error) => {
+                error.message.push_str(" (mail over 4 MB goes through a draft, which needs the Mail.ReadWrite permission)");
+                DeliveryError::Permanent(error)
+            }
         }
     }
 }

@@ -39,7 +39,10 @@ use tokio::sync::{Notify, oneshot};
 /// Graph's request body cap: 4 MB, taken as 4 × 2^20 bytes.
 pub const MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
 /// Attachments of this size or more must go through an upload session (and smaller ones must not).
-pub const UPLOAD_SESSION_MIN_BYTES: u64 = 3 * 1024 * 1024;
+/// Microsoft says "3 MB". Read as 3 MiB it would leave a gap no request can cross: an attachment
+/// just under 3 MiB is refused by the session and, base64-encoded, does not fit a 4 MiB POST.
+/// The only reading under which Microsoft's two rules fit together is 3,000,000 bytes.
+pub const UPLOAD_SESSION_MIN_BYTES: u64 = 3_000_000;
 /// Largest attachment an upload session accepts.
 pub const UPLOAD_SESSION_MAX_BYTES: u64 = 150 * 1024 * 1024;
 /// Largest PUT chunk to an upload URL.
@@ -85,8 +88,7 @@ pub struct FakeConfig {
     /// Upload URLs expire after this long.
     pub upload_session_lifetime: Duration,
     /// Smallest attachment `createUploadSession` accepts, and the size from which a single POST
-    /// of an attachment is refused. Microsoft says "3 MB"; whether that is 3,000,000 or 3 MiB is
-    /// unconfirmed, so the default is the stricter 3 MiB (see [`UPLOAD_SESSION_MIN_BYTES`]).
+    /// of an attachment is refused (see [`UPLOAD_SESSION_MIN_BYTES`] for why 3,000,000).
     pub upload_session_min_bytes: u64,
     /// Largest total message (draft path) Exchange accepts (tenant default 35 MB).
     pub max_message_bytes: usize,
@@ -161,6 +163,8 @@ pub enum Route {
     CreateUploadSession,
     UploadChunk,
     CancelUpload,
+    /// `DELETE .../messages/{id}` (discarding an unsent draft).
+    DeleteMessage,
     SendDraft,
     Other,
 }
@@ -1264,6 +1268,7 @@ fn classify(method: &Method, segs: &[String]) -> (Route, Option<String>) {
                     Route::CreateUploadSession
                 }
                 [m, _id, x] if eq(m, "messages") && eq(x, "send") => Route::SendDraft,
+                [m, _id] if eq(m, "messages") && *method == Method::DELETE => Route::DeleteMessage,
                 _ => Route::Other,
             };
             (route, mailbox)

@@ -242,7 +242,9 @@ pub(super) async fn handle(
     let rid = util::guid();
     let (token, mailbox, delay) = {
         let st = shared.lock();
-        if req.method != Method::POST {
+        if req.method != Method::POST
+            && !(route == Route::DeleteMessage && req.method == Method::DELETE)
+        {
             return GraphError::new(
                 405,
                 "BadRequest",
@@ -302,6 +304,7 @@ pub(super) async fn handle(
                         create_upload_session(&mut st, &shared.base_url, req, &mailbox)
                     }
                     Route::SendDraft => send_draft(&mut st, req, &mailbox),
+                    Route::DeleteMessage => delete_message(&mut st, req, &mailbox),
                     _ => Err(GraphError::new(
                         404,
                         "BadRequest",
@@ -529,6 +532,14 @@ fn create_upload_session(
             "nextExpectedRanges": ["0-"],
         }),
     ))
+}
+
+/// `DELETE .../messages/{id}`: 204, or 404 `ErrorItemNotFound`.
+fn delete_message(st: &mut St, req: &Req, mailbox: &str) -> Result<Reply, GraphError> {
+    let id = message_id(req);
+    find_draft(st, &id, mailbox)?;
+    st.drafts.remove(&id);
+    Ok(Reply::empty(204))
 }
 
 fn send_draft(st: &mut St, req: &Req, mailbox: &str) -> Result<Reply, GraphError> {
