@@ -45,7 +45,8 @@ pub struct StatusContext {
 pub enum LoginView {
     #[default]
     Idle,
-    Waiting(DeviceCode),
+    /// A code is out; it stops working at the instant given.
+    Waiting(DeviceCode, std::time::Instant),
     Failed(String),
     Done,
 }
@@ -87,7 +88,10 @@ pub fn action_allowed(peer: IpAddr, headers: &HeaderMap) -> bool {
     let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
     match (origin, host) {
         (None, _) => true,
-        (Some(origin), Some(host)) => origin.strip_prefix("http://").is_some_and(|o| o == host),
+        (Some(origin), Some(host)) => origin
+            .strip_prefix("http://")
+            .or_else(|| origin.strip_prefix("https://"))
+            .is_some_and(|o| o == host),
         (Some(_), None) => false,
     }
 }
@@ -256,10 +260,17 @@ async fn reauthorize(
         ctx.waker.notify_one();
         return Redirect::to("/").into_response();
     };
+    if let LoginView::Waiting(_, until) = &*ctx.login.lock().expect("login lock")
+        && std::time::Instant::now() < *until
+    {
+        // A code is already out: pressing again must not start a second login.
+        return Redirect::to("/").into_response();
+    }
     match device.start().await {
         Ok(code) => {
             info!(verification_uri = %code.verification_uri, "re-authorize pressed: device code login started");
-            *ctx.login.lock().expect("login lock") = LoginView::Waiting(code.clone());
+            let until = std::time::Instant::now() + std::time::Duration::from_secs(code.expires_in);
+            *ctx.login.lock().expect("login lock") = LoginView::Waiting(code.clone(), until);
             let ctx = ctx.clone();
             tokio::spawn(async move {
                 let outcome = device.poll(&code, tokio::time::sleep).await;
@@ -368,7 +379,8 @@ fn render_page(
         ),
     };
     let mut html = String::from(
-        "<!doctype html><html><head><meta charset=\"utf-8\"><title>graph-relay</title><style>\
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>graph-relay</title><style>\
          body{font-family:sans-serif;max-width:70em;margin:2em auto}.ok{color:#070}.bad{color:#a00}\
          table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.2em .5em;font-size:90%}\
          #login{background:#ffd;padding:1em}</style></head><body><h1>graph-relay</h1>",
@@ -397,30 +409,49 @@ fn render_page(
         html,
         "<form method=\"post\" action=\"/reauthorize\"><button id=\"reauthorize\" type=\"submit\">Re-authorize</button></form>"
     );
+    // A finished login's message only makes sense while its outcome still holds.
+    let login = match login {
+        LoginView::Done if token.state != TokenState::Valid => &LoginView::Idle,
+        LoginView::Failed(_) if token.state == TokenState::Valid => &LoginView::Idle,
+        LoginView::Waiting(_, until) if std::time::Instant::now() >= *until => &LoginView::Idle,
+        other => other,
+    };
     match login {
         LoginView::Idle => {}
-        LoginView::Waiting(code) => {
+        LoginView::Waiting(code, _) => {
+            let uri = escape(&code.verification_uri);
+            // Only an https link is made clickable; anything else is shown as text.
+            let link = if code.verification_uri.starts_with("https://") {
+                format!(
+                    "<a id=\"verification-uri\" href=\"{uri}\" target=\"_blank\" rel=\"noopener\">{uri}</a>"
+                )
+            } else {
+                format!("<code id=\"verification-uri\">{uri}</code>")
+            };
             let _ = write!(
                 html,
-                "<div id=\"login\"><p>Open <a id=\"verification-uri\" href=\"{0}\" target=\"_blank\" rel=\"noopener\">{0}</a> \
-                 and enter the code <strong id=\"user-code\">{1}</strong>. This page shows the result when you reload it.</p></div>",
-                escape(&code.verification_uri),
+                "<div id=\"login\" role=\"status\"><p>Open {link} and enter the code <strong id=\"user-code\">{}</strong>. \
+                 This page refreshes itself until you have signed in.</p></div>",
                 escape(&code.user_code)
             );
         }
         LoginView::Failed(why) => {
             let _ = write!(
                 html,
-                "<div id=\"login\"><p class=\"bad\">Sign-in failed: {}</p></div>",
+                "<div id=\"login\" role=\"alert\"><p class=\"bad\">Sign-in failed: {}</p></div>",
                 escape(why)
             );
         }
         LoginView::Done => {
-            let _ = write!(
-                html,
-                "<div id=\"login\"><p class=\"ok\">Signed in. Held mail is being delivered.</p></div>"
-            );
+            html.push_str("<div id=\"login\" role=\"status\"><p class=\"ok\">Signed in. Held mail is being delivered.</p></div>");
         }
+    }
+    if matches!(login, LoginView::Waiting(..)) {
+        html = html.replacen(
+            "<title>",
+            "<meta http-equiv=\"refresh\" content=\"5\"><title>",
+            1,
+        );
     }
     let _ = write!(
         html,
@@ -428,13 +459,19 @@ fn render_page(
         counts.pending, counts.held, counts.failed
     );
     if !records.is_empty() {
-        html.push_str("<table><tr><th>id</th><th>state</th><th>attempts</th><th>from</th><th>to</th><th>last error</th><th></th></tr>");
+        html.push_str(
+            "<table><caption>Messages in the spool</caption><thead><tr><th>id</th><th>state</th><th>attempts</th>\
+             <th>from</th><th>to</th><th>last error</th><th>actions</th></tr></thead><tbody>",
+        );
         for record in records.iter().take(500) {
             let _ = write!(
                 html,
                 "<tr><td><code>{id}</code></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>\
-                 <form method=\"post\" action=\"/queue/{id}/retry\" style=\"display:inline\"><button>retry</button></form> \
-                 <form method=\"post\" action=\"/queue/{id}/delete\" style=\"display:inline\"><button>delete</button></form></td></tr>",
+                 <form method=\"post\" action=\"/queue/{id}/retry\" style=\"display:inline\">\
+                 <button aria-label=\"retry message {id}\">retry</button></form> \
+                 <form method=\"post\" action=\"/queue/{id}/delete\" style=\"display:inline\" \
+                 onsubmit=\"return confirm('Delete message {id} for good?')\">\
+                 <button aria-label=\"delete message {id}\">delete</button></form></td></tr>",
                 record.state.as_str(),
                 record.attempts,
                 escape(&record.envelope.mail_from),
@@ -449,7 +486,7 @@ fn render_page(
                 id = record.id,
             );
         }
-        html.push_str("</table>");
+        html.push_str("</tbody></table>");
         if records.len() > 500 {
             let _ = write!(
                 html,
