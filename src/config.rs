@@ -56,12 +56,99 @@ pub struct SmtpConfig {
     pub idle_timeout_secs: u64,
 }
 
-/// An SMTP AUTH user: a plain password, or an argon2 PHC hash.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(untagged)]
+/// An SMTP AUTH user (`smtp.users.NAME`): a plain password, or a table with `password` or
+/// `password_hash` (argon2 PHC string, from `graph-relay passwd`) and an optional `mailbox`, the
+/// one address this user may send as (MAIL FROM and the From header).
+#[derive(Clone, PartialEq)]
 pub enum SmtpUser {
+    /// `NAME = "password"`.
     Password(String),
-    Hashed { password_hash: String },
+    /// `NAME = { password_hash = "$argon2id$...", mailbox = "..." }`.
+    Hashed {
+        password_hash: String,
+        mailbox: Option<String>,
+    },
+    /// `NAME = { password = "...", mailbox = "..." }`.
+    Plain {
+        password: String,
+        mailbox: Option<String>,
+    },
+}
+
+impl SmtpUser {
+    /// The address this user may send as, when restricted.
+    pub fn mailbox(&self) -> Option<&str> {
+        match self {
+            SmtpUser::Password(_) => None,
+            SmtpUser::Hashed { mailbox, .. } | SmtpUser::Plain { mailbox, .. } => {
+                mailbox.as_deref()
+            }
+        }
+    }
+}
+
+impl fmt::Debug for SmtpUser {
+    // By hand: passwords must never reach a log (hashes are harmless but noisy).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = match self {
+            SmtpUser::Password(_) | SmtpUser::Plain { .. } => "password",
+            SmtpUser::Hashed { .. } => "password_hash",
+        };
+        f.debug_struct("SmtpUser")
+            .field("secret", &kind)
+            .field("mailbox", &self.mailbox())
+            .finish()
+    }
+}
+
+impl<'de> Deserialize<'de> for SmtpUser {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(SmtpUserVisitor)
+    }
+}
+
+struct SmtpUserVisitor;
+
+impl<'de> de::Visitor<'de> for SmtpUserVisitor {
+    type Value = SmtpUser;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(
+            "a password string, or a table with password or password_hash and optionally mailbox",
+        )
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<SmtpUser, E> {
+        Ok(SmtpUser::Password(v.to_string()))
+    }
+
+    fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<SmtpUser, A::Error> {
+        let (mut password, mut password_hash, mut mailbox) = (None, None, None);
+        while let Some(key) = map.next_key::<String>()? {
+            let slot = match key.as_str() {
+                "password" => &mut password,
+                "password_hash" => &mut password_hash,
+                "mailbox" => &mut mailbox,
+                other => {
+                    return Err(de::Error::custom(format!(
+                        "unknown key `{other}`, expected password, password_hash or mailbox"
+                    )));
+                }
+            };
+            *slot = Some(map.next_value::<String>()?);
+        }
+        match (password, password_hash) {
+            (Some(password), None) => Ok(SmtpUser::Plain { password, mailbox }),
+            (None, Some(password_hash)) => Ok(SmtpUser::Hashed {
+                password_hash,
+                mailbox,
+            }),
+            (Some(_), Some(_)) => Err(de::Error::custom("set password or password_hash, not both")),
+            (None, None) => Err(de::Error::custom(
+                "needs password or password_hash (make one with `graph-relay passwd`)",
+            )),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -302,14 +389,31 @@ impl Config {
             );
         }
         for (name, user) in &smtp.users {
-            let empty = match user {
-                SmtpUser::Password(p) => p.is_empty(),
-                SmtpUser::Hashed { password_hash } => !password_hash.starts_with("$argon2"),
-            };
-            if name.is_empty() || empty {
-                bad(
-                    &format!("smtp.users.{name}"),
+            let path = format!("smtp.users.{name}");
+            match user {
+                SmtpUser::Password(p) | SmtpUser::Plain { password: p, .. } if p.is_empty() => bad(
+                    &path,
                     "needs a non-empty password or an argon2 password_hash".into(),
+                ),
+                SmtpUser::Hashed { password_hash, .. } => {
+                    if let Err(why) = check_password_hash(password_hash) {
+                        bad(&format!("{path}.password_hash"), why);
+                    }
+                }
+                _ => {}
+            }
+            if name.is_empty() || name.contains(char::is_whitespace) {
+                bad(
+                    &path,
+                    "a user name must be non-empty, without spaces".into(),
+                );
+            }
+            if let Some(mailbox) = user.mailbox()
+                && !is_plain_address(mailbox)
+            {
+                bad(
+                    &format!("{path}.mailbox"),
+                    format!("{mailbox:?} is not a mailbox address (name@domain)"),
                 );
             }
         }
@@ -435,6 +539,37 @@ impl Config {
         ms.tenant.is_some()
             && ms.client_id.is_some()
             && (ms.flow == Flow::Delegated || app_credential)
+    }
+}
+
+/// An argon2 PHC string (`$argon2id$v=19$m=...,t=...,p=...$salt$hash`) the relay can verify.
+fn check_password_hash(hash: &str) -> Result<(), String> {
+    let parsed = argon2::PasswordHash::new(hash).map_err(|e| {
+        format!("not an argon2 PHC string ({e}); make one with `graph-relay passwd`")
+    })?;
+    let algorithm = parsed.algorithm.as_str();
+    if !matches!(algorithm, "argon2id" | "argon2i" | "argon2d") {
+        return Err(format!(
+            "algorithm {algorithm:?} is not argon2; make one with `graph-relay passwd`"
+        ));
+    }
+    argon2::Params::try_from(&parsed)
+        .map(|_| ())
+        .map_err(|e| format!("argon2 parameters not usable ({e})"))
+}
+
+/// `name@domain`, one address, no display name or spaces.
+fn is_plain_address(address: &str) -> bool {
+    match address.split_once('@') {
+        Some((local, domain)) => {
+            !local.is_empty()
+                && !domain.is_empty()
+                && !domain.contains('@')
+                && !address
+                    .chars()
+                    .any(|c| c.is_whitespace() || "<>,;\"".contains(c))
+        }
+        None => false,
     }
 }
 
@@ -818,6 +953,88 @@ retry_min = "soon"
         let c = load(Some(file), &[]).unwrap();
         assert_eq!(c.status.listen, None);
         assert_eq!(c.scope(), "http://127.0.0.1:9/.default");
+    }
+
+    /// A valid argon2id hash (of "s3cret", cheap parameters) for the `smtp.users` tests.
+    const HASH: &str = "$argon2id$v=19$m=64,t=1,p=1$c2FsdHNhbHQ$9Vq1pMu4b1iP1hbqQeqBFw";
+
+    #[test]
+    fn smtp_users_in_every_form() {
+        let file = format!(
+            r#"
+[smtp.users]
+plain = "pw"
+hashed = {{ password_hash = "{HASH}" }}
+mapped = {{ password = "pw2", mailbox = "wp@contoso.com" }}
+"mapped.hash" = {{ password_hash = "{HASH}", mailbox = "Ann@Contoso.com" }}
+WordPress = "pw3"
+"#
+        );
+        let c = load(Some(&file), &[("GRAPH_RELAY__SMTP__USERS__ENV", "pw4")]).expect("loads");
+        let users = &c.smtp.users;
+        assert_eq!(users["plain"], SmtpUser::Password("pw".into()));
+        assert!(
+            matches!(&users["hashed"], SmtpUser::Hashed { password_hash, mailbox: None } if password_hash == HASH)
+        );
+        assert_eq!(
+            users["mapped"],
+            SmtpUser::Plain {
+                password: "pw2".into(),
+                mailbox: Some("wp@contoso.com".into())
+            }
+        );
+        assert_eq!(users["mapped.hash"].mailbox(), Some("Ann@Contoso.com"));
+        assert_eq!(users["env"], SmtpUser::Password("pw4".into()));
+        // Keys keep their case from the file (AUTH compares user names exactly).
+        assert!(users.contains_key("WordPress"), "{:?}", users.keys());
+        assert!(!format!("{c:?}").contains("pw2"));
+    }
+
+    #[test]
+    fn bad_smtp_users_are_listed_with_their_paths() {
+        // Shape errors (found while deserializing) ...
+        let shapes = r#"
+[smtp.users]
+both = { password = "a", password_hash = "b" }
+neither = { mailbox = "a@b.c" }
+typo = { pasword = "x" }
+"#;
+        // ... and value errors (found by validate(), which runs once the shapes are right).
+        let values = r#"
+[smtp.users]
+empty = ""
+nothash = { password_hash = "$2y$10$abcdefghijklmnopqrstuv" }
+garbage = { password_hash = "$argon2id$nonsense" }
+badbox = { password = "x", mailbox = "Ann <ann@contoso.com>" }
+"#;
+        for (file, expected) in [
+            (
+                shapes,
+                &["smtp.users.both", "smtp.users.neither", "smtp.users.typo"][..],
+            ),
+            (
+                values,
+                &[
+                    "smtp.users.empty",
+                    "smtp.users.nothash.password_hash",
+                    "smtp.users.garbage.password_hash",
+                    "smtp.users.badbox.mailbox",
+                ][..],
+            ),
+        ] {
+            let err = load(Some(file), &[]).unwrap_err();
+            let text = err.to_string();
+            assert!(text.contains("graph-relay passwd"), "{text}");
+            let paths = bad_paths(err);
+            for expected in expected {
+                assert!(
+                    paths.contains(&expected.to_string()),
+                    "{expected} missing from {paths:?}\n{text}"
+                );
+            }
+        }
+        let text = load(Some(shapes), &[]).unwrap_err().to_string();
+        assert!(text.contains("unknown key `pasword`"), "{text}");
     }
 
     #[test]

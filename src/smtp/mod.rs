@@ -25,8 +25,11 @@
 //! - [`server`]: accept loop, connection limit, shutdown (`serve`, `serve_implicit_tls`,
 //!   `serve_connection`).
 //! - `session`: one connection's state machine; `conn`: buffered I/O with timeouts;
-//!   `reply`: every reply text; `sasl`: AUTH PLAIN/LOGIN; [`tls`]: the rustls server config.
-//! - [`settings`]: [`SmtpSettings`]; `sink`: the [`MessageSink`] seam.
+//!   `reply`: every reply text; `sasl`: AUTH PLAIN/LOGIN against plain passwords and argon2
+//!   hashes; [`throttle`]: the per-address delay after failed AUTH; [`tls`]: the rustls server
+//!   config with a reloadable certificate.
+//! - [`settings`]: [`SmtpSettings`]; `sink`: the [`MessageSink`] seam (space check at MAIL,
+//!   accept at the end of DATA).
 
 mod conn;
 mod reply;
@@ -35,9 +38,12 @@ pub mod server;
 mod session;
 pub mod settings;
 mod sink;
+pub mod throttle;
 pub mod tls;
 
+pub use sasl::{HashError, hash_password};
 pub use server::{serve, serve_connection, serve_implicit_tls};
-pub use settings::SmtpSettings;
+pub use settings::{SmtpSettings, TlsReload};
 pub use sink::{AcceptError, MessageSink};
-pub use tls::{TlsSetupError, load_server_config, server_config_from_pem};
+pub use throttle::{AuthThrottle, ThrottlePolicy};
+pub use tls::{ServerTls, TlsSetupError, load_server_config, server_config_from_pem};

@@ -153,6 +153,30 @@ pub(crate) fn spool_full() -> Reply {
         "Insufficient system storage, try again later",
     )
 }
+/// MAIL FROM of an AUTH user mapped to another mailbox (Postfix's wording).
+pub(crate) fn sender_not_owned(address: &str, user: &str) -> Reply {
+    Reply::new(
+        553,
+        [5, 7, 1],
+        format!(
+            "<{}>: Sender address rejected: not owned by user {}",
+            sanitize(address, 200),
+            sanitize(user, 64)
+        ),
+    )
+}
+/// A From header (or its absence) that is not the AUTH user's mailbox, at the end of DATA.
+pub(crate) fn from_not_owned(user: &str, mailbox: &str) -> Reply {
+    Reply::new(
+        550,
+        [5, 7, 1],
+        format!(
+            "From header must be <{}>: user {} may send only as that mailbox",
+            sanitize(mailbox, 200),
+            sanitize(user, 64)
+        ),
+    )
+}
 pub(crate) fn rejected(reason: &str) -> Reply {
     Reply::new(
         554,

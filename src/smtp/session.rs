@@ -1,7 +1,8 @@
 //! One SMTP connection, from the network check to QUIT: the command state machine over
-//! smtp-proto's parser, DATA with the strict `<CRLF>.<CRLF>` end, the size cap, AUTH, STARTTLS
-//! and implicit TLS. Generic over the byte stream. Hands complete messages to the `MessageSink`
-//! and answers 250 only on its `Ok`; never logs message bodies or credentials.
+//! smtp-proto's parser, DATA with the strict `<CRLF>.<CRLF>` end, the size cap, the spool space
+//! check at MAIL, AUTH (with the per-address failure delay and the user → mailbox restriction),
+//! STARTTLS and implicit TLS. Generic over the byte stream. Hands complete messages to the
+//! `MessageSink` and answers 250 only on its `Ok`; never logs message bodies or credentials.
 
 use std::borrow::Cow;
 use std::net::SocketAddr;
@@ -12,6 +13,7 @@ use smtp_proto::{
 };
 use smtp_proto::{MailFrom, RcptTo, Request};
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -90,7 +92,7 @@ async fn handshake<S>(stream: S, ctx: &Ctx<'_>) -> Option<tokio_rustls::server::
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let config = ctx.settings.tls.clone()?;
+    let config = ctx.settings.tls.as_ref()?.config();
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
     match tokio::time::timeout(ctx.settings.idle_timeout, acceptor.accept(stream)).await {
         Ok(Ok(tls)) => {
@@ -276,7 +278,7 @@ impl Session<'_, '_> {
         match request {
             Request::Ehlo { host } => self.ehlo(conn, host, true),
             Request::Helo { host } => self.ehlo(conn, host, false),
-            Request::Mail { from } => self.mail(conn, from),
+            Request::Mail { from } => self.mail(conn, from).await,
             Request::Rcpt { to } => self.rcpt(conn, to),
             Request::Data => self.data(conn).await,
             Request::Rset => {
@@ -363,7 +365,7 @@ impl Session<'_, '_> {
         Flow::Continue
     }
 
-    fn mail<S>(&mut self, conn: &mut Conn<S>, from: MailFrom<Cow<'_, str>>) -> Flow
+    async fn mail<S>(&mut self, conn: &mut Conn<S>, from: MailFrom<Cow<'_, str>>) -> Flow
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
@@ -387,6 +389,28 @@ impl Session<'_, '_> {
         }
         if !valid_address(&from.address) {
             return self.protocol_error(conn, reply::bad_sender());
+        }
+        if let Some((user, mailbox)) = self.mapped_mailbox()
+            && !from.address.is_empty()
+            && !same_address(&from.address, mailbox)
+        {
+            info!(user = %user, "MAIL FROM is not the AUTH user's mailbox; refused");
+            conn.reply(&reply::sender_not_owned(&from.address, user));
+            return Flow::Continue;
+        }
+        let declared = (from.size > 0).then(|| u64::try_from(from.size).unwrap_or(u64::MAX));
+        match self.ctx.sink.check_space(declared).await {
+            Ok(()) => {}
+            Err(AcceptError::NoSpace(why)) => {
+                warn!(error = %why, declared, "no room in the spool; answered 452 at MAIL");
+                conn.reply(&reply::spool_full());
+                return Flow::Continue;
+            }
+            Err(AcceptError::Unavailable(why) | AcceptError::Rejected(why)) => {
+                warn!(error = %why, "spool unavailable at MAIL; answered 451");
+                conn.reply(&reply::spool_unavailable());
+                return Flow::Continue;
+            }
         }
         self.state.tx = Some(Transaction {
             mail_from: from.address.into_owned(),
@@ -475,6 +499,13 @@ impl Session<'_, '_> {
         if discard.is_some() {
             info!(limit = max, "message over the size limit; refused");
             conn.reply(&reply::too_big());
+            return Flow::Continue;
+        }
+        if let Some((user, mailbox)) = self.mapped_mailbox()
+            && !from_header_is(&body, &tx.mail_from, mailbox)
+        {
+            info!(user = %user, "From header is not the AUTH user's mailbox; refused");
+            conn.reply(&reply::from_not_owned(user, mailbox));
             return Flow::Continue;
         }
         let size = body.len();
@@ -594,7 +625,17 @@ impl Session<'_, '_> {
             _ => return self.protocol_error(conn, reply::auth_mechanism()),
         };
         let verdict = match &creds {
-            Some(c) => sasl::verify(&self.ctx.settings.users, c),
+            Some(c) => match sasl::check(&self.ctx.settings.users, c) {
+                sasl::Check::Done(verdict) => verdict,
+                sasl::Check::Hash {
+                    hash,
+                    password,
+                    real,
+                } => match self.verify_hash(hash, password).await {
+                    sasl::Verdict::Valid if real => sasl::Verdict::Valid,
+                    _ => sasl::Verdict::Invalid,
+                },
+            },
             None => sasl::Verdict::Invalid,
         };
         match (verdict, creds) {
@@ -604,13 +645,18 @@ impl Session<'_, '_> {
                 conn.reply(&reply::auth_ok());
                 Flow::Continue
             }
-            (verdict, _) => {
-                if verdict == sasl::Verdict::Unsupported {
-                    warn!(
-                        "AUTH for a user with a password_hash: hashed passwords are not supported yet"
-                    );
-                } else {
-                    info!("AUTH failed");
+            _ => {
+                let ip = self.ctx.peer.ip();
+                let wait = self.ctx.settings.auth_throttle.failure(ip, Instant::now());
+                info!(wait_ms = wait.as_millis(), "AUTH failed");
+                if !wait.is_zero() {
+                    // Flush what is queued so a pipelining client is not kept waiting for it,
+                    // then hold the 535 back.
+                    let _ = conn.flush().await;
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = self.ctx.stop.hard.cancelled() => {}
+                    }
                 }
                 self.state.auth_failures += 1;
                 if self.state.auth_failures >= self.ctx.settings.max_auth_failures {
@@ -620,6 +666,27 @@ impl Session<'_, '_> {
                 }
                 conn.reply(&reply::auth_failed());
                 Flow::Continue
+            }
+        }
+    }
+
+    /// The AUTH user's mailbox, when the user is restricted to one.
+    fn mapped_mailbox(&self) -> Option<(&str, &str)> {
+        let user = self.state.auth_user.as_deref()?;
+        let mailbox = self.ctx.settings.users.get(user)?.mailbox()?;
+        Some((user, mailbox))
+    }
+
+    /// Verifies an argon2 hash on the blocking pool, at most `max_hash_verifications` at a time.
+    async fn verify_hash(&self, hash: String, password: Vec<u8>) -> sasl::Verdict {
+        let Ok(_slot) = self.ctx.settings.hash_slots().acquire().await else {
+            return sasl::Verdict::Invalid;
+        };
+        match tokio::task::spawn_blocking(move || sasl::verify_hash(&hash, &password)).await {
+            Ok(verdict) => verdict,
+            Err(e) => {
+                warn!(error = %e, "password hash verification did not finish; AUTH refused");
+                sasl::Verdict::Invalid
             }
         }
     }
@@ -675,6 +742,28 @@ fn data_receiver() -> DataReceiver {
     let done = receiver.ingest(&mut b"\r\n".iter(), &mut discarded);
     debug_assert!(!done);
     receiver
+}
+
+/// Addresses compared as mail systems do in practice: case-insensitively, ignoring spaces around.
+fn same_address(a: &str, b: &str) -> bool {
+    a.trim().eq_ignore_ascii_case(b.trim())
+}
+
+/// Whether every address in the message's From header(s) is `mailbox`. Without a From address
+/// the conversion falls back to MAIL FROM, so then MAIL FROM must be the mailbox.
+fn from_header_is(message: &[u8], mail_from: &str, mailbox: &str) -> bool {
+    let parsed = mail_parser::MessageParser::default().parse_headers(message);
+    let addresses: Vec<&str> = parsed
+        .iter()
+        .flat_map(|m| m.header_values(mail_parser::HeaderName::From))
+        .filter_map(|value| value.as_address())
+        .flat_map(|address| address.iter())
+        .filter_map(|addr| addr.address())
+        .collect();
+    if addresses.is_empty() {
+        return same_address(mail_from, mailbox);
+    }
+    addresses.iter().all(|a| same_address(a, mailbox))
 }
 
 /// smtp-proto decodes invalid UTF-8 lossily; such an address (or one with control characters)

@@ -1,6 +1,7 @@
 //! What the SMTP listener and its sessions need from the configuration, in the units they use.
-//! Built once at start-up and shared read-only; the only I/O here is reading the TLS PEM files in
-//! `try_from_config`.
+//! Built once at start-up and shared; what changes later is only the TLS certificate (`reload_tls`,
+//! on SIGHUP) and the shared counters (connection limit, AUTH failures per address). The only
+//! I/O here is reading the TLS PEM files.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -10,10 +11,12 @@ use std::time::Duration;
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use tokio::sync::Semaphore;
+use tracing::{error, info, warn};
 
 use crate::config::{Config, SmtpUser};
 
-use super::tls::{self, TlsSetupError};
+use super::throttle::AuthThrottle;
+use super::tls::{self, ServerTls, TlsSetupError};
 
 /// Settings for `serve` and `serve_connection`. Construct with `new` (defaults) or
 /// `from_config`, then adjust the public fields before wrapping in an `Arc`.
@@ -43,9 +46,30 @@ pub struct SmtpSettings {
     pub require_auth: bool,
     /// AUTH users. AUTH is offered only when this is not empty.
     pub users: BTreeMap<String, SmtpUser>,
+    /// Failed AUTH attempts per client address, over every connection sharing these settings:
+    /// past a few, each `535` is delayed.
+    pub auth_throttle: AuthThrottle,
+    /// Most argon2 password verifications running at once (each takes ~19 MiB and a CPU for
+    /// tens of milliseconds); more wait their turn.
+    pub max_hash_verifications: usize,
     /// When set, STARTTLS is offered and `serve_implicit_tls` works.
-    pub tls: Option<Arc<rustls::ServerConfig>>,
+    pub tls: Option<ServerTls>,
     limiter: OnceLock<Arc<Semaphore>>,
+    hash_slots: OnceLock<Semaphore>,
+}
+
+/// What `SmtpSettings::reload_tls` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TlsReload {
+    /// The new certificate is in use for new handshakes.
+    Reloaded,
+    /// No TLS before and none configured now.
+    NotConfigured,
+    /// The new files could not be used; the old certificate stays. Holds the reason.
+    Failed(String),
+    /// TLS was turned on or off in the file: that takes a restart (listeners and EHLO
+    /// depend on it). Nothing changed.
+    NeedsRestart,
 }
 
 impl SmtpSettings {
@@ -69,8 +93,13 @@ impl SmtpSettings {
             max_auth_failures: 3,
             require_auth: false,
             users: BTreeMap::new(),
+            auth_throttle: AuthThrottle::default(),
+            max_hash_verifications: std::thread::available_parallelism()
+                .map_or(2, usize::from)
+                .clamp(1, 8),
             tls: None,
             limiter: OnceLock::new(),
+            hash_slots: OnceLock::new(),
         }
     }
 
@@ -100,6 +129,36 @@ impl SmtpSettings {
         Ok(s)
     }
 
+    /// SIGHUP: loads the certificate and key named in `c` (which may be new files, or renewed
+    /// ones at the same paths) for every handshake from now on. A bad pair is logged and the
+    /// running certificate kept.
+    pub fn reload_tls(&self, c: &Config) -> TlsReload {
+        let files = c.smtp.tls_cert.as_deref().zip(c.smtp.tls_key.as_deref());
+        match (&self.tls, files) {
+            (Some(tls), Some((cert, key))) => match tls.reload_files(cert, key) {
+                Ok(()) => {
+                    info!(cert = %cert.display(), "SMTP TLS certificate reloaded");
+                    TlsReload::Reloaded
+                }
+                Err(e) => {
+                    error!(error = %e, "SMTP TLS certificate not reloaded; keeping the one in use");
+                    TlsReload::Failed(e.to_string())
+                }
+            },
+            (None, None) => TlsReload::NotConfigured,
+            (Some(_), None) => {
+                warn!(
+                    "smtp.tls_cert was removed: TLS stays on with the current certificate until a restart"
+                );
+                TlsReload::NeedsRestart
+            }
+            (None, Some(_)) => {
+                warn!("smtp.tls_cert was added: STARTTLS is offered only after a restart");
+                TlsReload::NeedsRestart
+            }
+        }
+    }
+
     /// Whether a client at `ip` may connect at all.
     pub fn allows(&self, ip: IpAddr) -> bool {
         let ip = ip.to_canonical();
@@ -112,6 +171,12 @@ impl SmtpSettings {
         self.limiter
             .get_or_init(|| Arc::new(Semaphore::new(self.max_connections.max(1))))
             .clone()
+    }
+
+    /// Permits for argon2 verifications (see `max_hash_verifications`).
+    pub(crate) fn hash_slots(&self) -> &Semaphore {
+        self.hash_slots
+            .get_or_init(|| Semaphore::new(self.max_hash_verifications.max(1)))
     }
 }
 
@@ -131,6 +196,8 @@ impl fmt::Debug for SmtpSettings {
             .field("max_auth_failures", &self.max_auth_failures)
             .field("require_auth", &self.require_auth)
             .field("users", &self.users.keys().collect::<Vec<_>>())
+            .field("auth_throttle", self.auth_throttle.policy())
+            .field("max_hash_verifications", &self.max_hash_verifications)
             .field("tls", &self.tls.is_some())
             .finish()
     }

@@ -1,5 +1,6 @@
-//! The seam between the SMTP session and what happens to a message once DATA ends: the session
-//! calls `accept` and answers with what it returns. Owns no I/O itself.
+//! The seam between the SMTP session and what happens to a message: at MAIL the session asks
+//! `check_space` whether there is room for it, once DATA ends it calls `accept`, and it answers
+//! with what they return. Owns no I/O itself.
 
 use async_trait::async_trait;
 
@@ -24,4 +25,12 @@ pub enum AcceptError {
 #[async_trait]
 pub trait MessageSink: Send + Sync + 'static {
     async fn accept(&self, envelope: Envelope, message: Vec<u8>) -> Result<QueueId, AcceptError>;
+
+    /// Asked at MAIL FROM, before the client sends any data: is there room for a message of
+    /// `declared` bytes (the `SIZE=` parameter; `None` when the client gave none)? `NoSpace`
+    /// makes the session answer `452 4.3.1` right away. The default has no limit.
+    async fn check_space(&self, declared: Option<u64>) -> Result<(), AcceptError> {
+        let _ = declared;
+        Ok(())
+    }
 }
