@@ -32,6 +32,18 @@ pub enum Command {
     Queue(QueueCommand),
     /// Send a test message through the running relay's SMTP port.
     SendTest(SendTestArgs),
+    /// Hash an SMTP AUTH password (argon2id) for `smtp.users`; prints the hash to paste into
+    /// relay.toml as `NAME = { password_hash = "..." }`.
+    Passwd(PasswdArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PasswdArgs {
+    /// Read the password from stdin without a prompt: everything up to end of input, minus one
+    /// trailing newline (for scripts: `printf %s "$PW" | graph-relay passwd --password-stdin`).
+    /// Without it the first line of stdin is read, after a prompt when stdin is a terminal.
+    #[arg(long)]
+    pub password_stdin: bool,
 }
 
 #[derive(Debug, Args)]

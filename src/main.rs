@@ -13,7 +13,9 @@ use graph_relay::app::{self, StartOptions};
 use std::sync::Arc;
 
 use graph_relay::auth;
-use graph_relay::cli::{AuthCommand, Cli, Command, QueueCommand, SendTestArgs, ServeArgs};
+use graph_relay::cli::{
+    AuthCommand, Cli, Command, PasswdArgs, QueueCommand, SendTestArgs, ServeArgs,
+};
 use graph_relay::clock::SystemClock;
 use graph_relay::config::{Config, ConfigError, Flow, Source};
 use graph_relay::send_test;
@@ -55,10 +57,13 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     if let Command::Check = cli.command {
         return Ok(check(&source));
     }
+    if let Command::Passwd(args) = &cli.command {
+        return passwd(args);
+    }
     let config = load(&source)?;
     match cli.command {
         Command::Serve(args) => serve(config, args, &source).await,
-        Command::Check => unreachable!("handled above"),
+        Command::Check | Command::Passwd(_) => unreachable!("handled above"),
         Command::Auth(AuthCommand::Login) => login(config).await,
         Command::Auth(AuthCommand::Status) => auth_status(config).await,
         Command::Queue(command) => queue(config, command),
@@ -270,6 +275,41 @@ fn known(result: Result<(), SpoolError>) -> Result<ExitCode> {
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// `passwd`: reads a password from stdin and prints its argon2id PHC string (stdout, alone on
+/// its line, so scripts can capture it); the relay.toml line to paste goes to stderr.
+fn passwd(args: &PasswdArgs) -> Result<ExitCode> {
+    use std::io::{BufRead as _, Read as _};
+    let stdin = std::io::stdin();
+    let mut password = String::new();
+    if args.password_stdin {
+        stdin
+            .lock()
+            .read_to_string(&mut password)
+            .context("reading the password from stdin")?;
+    } else {
+        if stdin.is_terminal() {
+            eprint!("Password (it shows as you type; or pipe it in with --password-stdin): ");
+            std::io::stderr().flush().ok();
+        }
+        stdin
+            .lock()
+            .read_line(&mut password)
+            .context("reading the password from stdin")?;
+    }
+    let password = password
+        .strip_suffix('\n')
+        .map(|p| p.strip_suffix('\r').unwrap_or(p))
+        .unwrap_or(&password);
+    if password.is_empty() {
+        eprintln!("error: empty password; nothing hashed");
+        return Ok(ExitCode::FAILURE);
+    }
+    let hash = graph_relay::smtp::hash_password(password.as_bytes())?;
+    println!("{hash}");
+    eprintln!("paste into relay.toml under [smtp.users]:  NAME = {{ password_hash = \"{hash}\" }}");
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn send(config: Config, args: SendTestArgs) -> Result<ExitCode> {
