@@ -5,69 +5,24 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use common::binary::RelayProcess;
 use common::fake_graph::{FakeMicrosoft, Route, TokenFailure};
-use common::relay::{RelayOptions, relay_toml};
-use lettre::message::Mailbox;
-use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use common::relay::{RelayOptions, relay_toml, send_raw};
 
-/// The real `graph-relay serve`, started on a config file; killed with SIGKILL on drop.
-struct Serve {
-    child: Child,
-    smtp: String,
-}
-
-impl Serve {
-    async fn start(config: &Path) -> Serve {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_graph-relay"))
-            .args(["--config", config.to_str().unwrap(), "serve"])
-            .env("RUST_LOG", "graph_relay=warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("serve starts");
-        let stdout = child.stdout.take().expect("stdout piped");
-        let mut lines = BufReader::new(stdout).lines();
-        let ready = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
-            .await
-            .expect("ready line in time")
-            .expect("stdout readable")
-            .expect("a ready line");
-        let smtp = ready
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix("smtp="))
-            .unwrap_or_else(|| panic!("no smtp= in {ready:?}"))
-            .split(',')
-            .next()
-            .unwrap()
-            .to_string();
-        Serve { child, smtp }
-    }
-
-    /// SIGKILL: no shutdown code runs.
-    async fn kill9(mut self) {
-        self.child.kill().await.expect("kill -9");
-    }
-
-    async fn send(&self, subject: &str) -> String {
-        let (host, port) = self.smtp.rsplit_once(':').unwrap();
-        let message = Message::builder()
-            .from("wp@contoso.test".parse::<Mailbox>().unwrap())
-            .to("customer@example.com".parse::<Mailbox>().unwrap())
-            .subject(subject)
-            .body(format!("body of {subject}\n"))
-            .unwrap();
-        let transport = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host)
-            .port(port.parse().unwrap())
-            .build();
-        let response = transport.send(message).await.expect("SMTP accepts");
-        response.code().to_string()
-    }
+/// The relay process, and a message sent through it.
+async fn send(serve: &RelayProcess, subject: &str) -> u16 {
+    let message = format!(
+        "From: wp@contoso.test\r\nTo: customer@example.com\r\nSubject: {subject}\r\n\r\nbody of {subject}\r\n"
+    );
+    send_raw(
+        serve.smtp,
+        "wp@contoso.test",
+        &["customer@example.com"],
+        message.as_bytes(),
+    )
+    .await
 }
 
 struct Setup {
@@ -134,9 +89,9 @@ async fn kill_9_after_250_then_restart_delivers_each_message_exactly_once() {
     let setup = setup(&ms, "");
     // The token endpoint is down, so nothing leaves before the kill.
     ms.set_token_failure(Some(TokenFailure::TemporarilyUnavailable));
-    let serve = Serve::start(&setup.config).await;
+    let serve = RelayProcess::start(&setup.config, &[]).await;
     for i in 0..3 {
-        assert_eq!(serve.send(&format!("killed-{i}")).await, "250");
+        assert_eq!(send(&serve, &format!("killed-{i}")).await, 250);
     }
     serve.kill9().await;
     assert!(ms.sent().is_empty(), "nothing was sent before the kill");
@@ -147,7 +102,7 @@ async fn kill_9_after_250_then_restart_delivers_each_message_exactly_once() {
     );
 
     ms.set_token_failure(None);
-    let serve = Serve::start(&setup.config).await;
+    let serve = RelayProcess::start(&setup.config, &[]).await;
     ms.wait_for_sent(3, Duration::from_secs(20)).await;
     wait_for_empty_queue(&setup.spool, Duration::from_secs(10)).await;
     assert_eq!(
@@ -163,8 +118,8 @@ async fn kill_9_during_an_in_flight_delivery_repeats_at_most_that_one() {
     let ms = FakeMicrosoft::start().await;
     let setup = setup(&ms, "");
     ms.set_response_delay(Duration::from_secs(3));
-    let serve = Serve::start(&setup.config).await;
-    assert_eq!(serve.send("in-flight").await, "250");
+    let serve = RelayProcess::start(&setup.config, &[]).await;
+    assert_eq!(send(&serve, "in-flight").await, 250);
     // Wait until the request is at the fake, then kill the relay before the answer.
     let deadline = Instant::now() + Duration::from_secs(10);
     while ms.request_count(Route::SendMail) == 0 {
@@ -173,7 +128,7 @@ async fn kill_9_during_an_in_flight_delivery_repeats_at_most_that_one() {
     }
     serve.kill9().await;
     ms.set_response_delay(Duration::ZERO);
-    let serve = Serve::start(&setup.config).await;
+    let serve = RelayProcess::start(&setup.config, &[]).await;
     wait_for_empty_queue(&setup.spool, Duration::from_secs(20)).await;
     let count = subjects(&ms).iter().filter(|s| *s == "in-flight").count();
     assert!(
@@ -193,8 +148,8 @@ async fn retry_after_is_honoured_and_the_message_goes_once() {
         &[("Retry-After", "2")],
         r#"{"error":{"code":"TooManyRequests","message":"Please retry again later."}}"#,
     );
-    let serve = Serve::start(&setup.config).await;
-    assert_eq!(serve.send("throttled").await, "250");
+    let serve = RelayProcess::start(&setup.config, &[]).await;
+    assert_eq!(send(&serve, "throttled").await, 250);
     let sent = ms.wait_for_sent(1, Duration::from_secs(20)).await;
     let attempts: Vec<_> = ms
         .requests()
@@ -223,8 +178,8 @@ async fn a_503_storm_ends_in_one_delivery() {
         &[],
         r#"{"error":{"code":"serviceNotAvailable","message":"busy"}}"#,
     );
-    let serve = Serve::start(&setup.config).await;
-    assert_eq!(serve.send("storm").await, "250");
+    let serve = RelayProcess::start(&setup.config, &[]).await;
+    assert_eq!(send(&serve, "storm").await, 250);
     ms.wait_for_sent(1, Duration::from_secs(30)).await;
     wait_for_empty_queue(&setup.spool, Duration::from_secs(5)).await;
     assert_eq!(subjects(&ms), vec!["storm"]);
@@ -242,8 +197,8 @@ async fn a_permanent_400_fails_with_its_reason_and_queue_retry_delivers_it() {
         &[],
         r#"{"error":{"code":"ErrorInvalidRecipients","message":"At least one recipient isn't valid."}}"#,
     );
-    let serve = Serve::start(&setup.config).await;
-    assert_eq!(serve.send("bounced").await, "250");
+    let serve = RelayProcess::start(&setup.config, &[]).await;
+    assert_eq!(send(&serve, "bounced").await, 250);
     let deadline = Instant::now() + Duration::from_secs(15);
     let line = loop {
         let (_, listing) = relay_cli(&setup.config, &["queue", "list"]);
@@ -278,15 +233,9 @@ async fn sigterm_stops_cleanly_with_exit_0_and_keeps_queued_mail() {
     let ms = FakeMicrosoft::start().await;
     let setup = setup(&ms, "");
     ms.set_token_failure(Some(TokenFailure::TemporarilyUnavailable));
-    let mut serve = Serve::start(&setup.config).await;
-    assert_eq!(serve.send("kept").await, "250");
-    let pid = serve.child.id().expect("running") as i32;
-    // SAFETY: sending a signal to our own child process.
-    unsafe { libc::kill(pid, libc::SIGTERM) };
-    let status = tokio::time::timeout(Duration::from_secs(20), serve.child.wait())
-        .await
-        .expect("exits within the grace period")
-        .unwrap();
+    let serve = RelayProcess::start(&setup.config, &[]).await;
+    assert_eq!(send(&serve, "kept").await, 250);
+    let status = serve.terminate().await;
     assert_eq!(status.code(), Some(0));
     assert_eq!(
         queue_files(&setup.spool),

@@ -4,19 +4,18 @@
 
 mod common;
 
+use common::binary::RelayProcess;
 use common::fake_graph::*;
 use common::relay::*;
 use serde_json::Value;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
-use tokio::io::AsyncBufReadExt;
 
 const WAIT: Duration = Duration::from_secs(20);
 
 struct Child {
-    child: tokio::process::Child,
+    process: RelayProcess,
     smtp: SocketAddr,
     _dir: tempfile::TempDir,
     queue_dir: PathBuf,
@@ -32,31 +31,10 @@ async fn spawn_relay(ms: &FakeMicrosoft, extra: &[&str]) -> Child {
         relay_toml(ms, &queue_dir, &RelayOptions::default()),
     )
     .unwrap();
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_graph-relay"))
-        .arg("--config")
-        .arg(&config)
-        .arg("serve")
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn graph-relay");
-    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
-    let ready = read_line_starting_with(&mut lines, "graph-relay ready ", WAIT).await;
-    // Keep draining stdout so the child never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    let smtp = ready
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("smtp="))
-        .and_then(|list| list.split(',').next())
-        .unwrap_or_else(|| panic!("no smtp= in {ready:?}"))
-        .parse()
-        .unwrap_or_else(|e| panic!("bad smtp address in {ready:?}: {e}"));
-    assert!(ready.contains(" status="), "{ready}");
+    let process = RelayProcess::start(&config, extra).await;
     Child {
-        child,
-        smtp,
+        smtp: process.smtp,
+        process,
         _dir: dir,
         queue_dir,
     }
@@ -64,14 +42,8 @@ async fn spawn_relay(ms: &FakeMicrosoft, extra: &[&str]) -> Child {
 
 impl Child {
     /// SIGTERM to this child only; it must exit 0.
-    async fn terminate(mut self) {
-        let pid = self.child.id().expect("child still running") as libc::pid_t;
-        // SAFETY: kill(2) on the pid of a child we spawned and have not reaped.
-        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
-        let status = tokio::time::timeout(WAIT, self.child.wait())
-            .await
-            .expect("graph-relay exits after SIGTERM")
-            .unwrap();
+    async fn terminate(self) {
+        let status = self.process.terminate().await;
         assert!(status.success(), "exit status {status:?}");
     }
 }

@@ -279,22 +279,24 @@ impl Case {
     }
 }
 
-fn client_credentials_with_secret_file(ms: &FakeMicrosoft, secret_file: &Path) -> String {
-    format!(
+/// A client secret file holding the fake's secret, and the `[microsoft]` lines that use it.
+fn secret_file(ms: &FakeMicrosoft, dir: &Path) -> (PathBuf, String) {
+    let path = dir.join("client-secret");
+    std::fs::write(&path, ms.client_secret()).unwrap();
+    let extra = format!(
         "tenant = \"{}\"\nclient_id = \"{}\"\nclient_secret_file = \"{}\"\n",
         ms.tenant(),
         ms.client_id(),
-        secret_file.display()
-    )
+        path.display()
+    );
+    (path, extra)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_client_secret_holds_mail_until_the_secret_file_is_rotated() {
     let ms = FakeMicrosoft::start().await;
-    let secret_file =
-        std::env::temp_dir().join(format!("graph-relay-secret-{}", std::process::id()));
-    std::fs::write(&secret_file, ms.client_secret()).unwrap();
-    let extra = client_credentials_with_secret_file(&ms, &secret_file);
+    let secrets = tempfile::tempdir().unwrap();
+    let (secret_file, extra) = secret_file(&ms, secrets.path());
     ms.set_token_failure(Some(TokenFailure::SecretExpired));
     let case = Case::start(ms, &extra, |_, _| {}).await;
     case.expect_held("AADSTS7000222").await;
@@ -304,17 +306,14 @@ async fn expired_client_secret_holds_mail_until_the_secret_file_is_rotated() {
     case.ms.set_client_secret("rotated-secret-value");
     std::fs::write(&secret_file, "rotated-secret-value\n").unwrap();
     case.expect_drained(Instant::now()).await;
-    std::fs::remove_file(&secret_file).ok();
     case.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revoked_consent_recovers_with_the_re_authorize_button() {
     let ms = FakeMicrosoft::start().await;
-    let secret_file =
-        std::env::temp_dir().join(format!("graph-relay-secret-consent-{}", std::process::id()));
-    std::fs::write(&secret_file, ms.client_secret()).unwrap();
-    let extra = client_credentials_with_secret_file(&ms, &secret_file);
+    let secrets = tempfile::tempdir().unwrap();
+    let (_, extra) = secret_file(&ms, secrets.path());
     ms.set_token_failure(Some(TokenFailure::ConsentRevoked));
     let case = Case::start(ms, &extra, |_, _| {}).await;
     case.expect_held("AADSTS65001").await;
@@ -333,17 +332,14 @@ async fn revoked_consent_recovers_with_the_re_authorize_button() {
         response.status()
     );
     case.expect_drained(recovered_at).await;
-    std::fs::remove_file(&secret_file).ok();
     case.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graph_401_for_an_early_revoked_token_then_auth_login_beside_serve() {
     let ms = FakeMicrosoft::start().await;
-    let secret_file =
-        std::env::temp_dir().join(format!("graph-relay-secret-401-{}", std::process::id()));
-    std::fs::write(&secret_file, ms.client_secret()).unwrap();
-    let extra = client_credentials_with_secret_file(&ms, &secret_file);
+    let secrets = tempfile::tempdir().unwrap();
+    let (_, extra) = secret_file(&ms, secrets.path());
     let mut case = Case::start(ms, &extra, |_, _| {}).await;
     // A first message proves the token works and leaves it cached.
     case.send("warm-up").await;
@@ -379,7 +375,6 @@ async fn graph_401_for_an_early_revoked_token_then_auth_login_beside_serve() {
         String::from_utf8_lossy(&out.stdout)
     );
     case.expect_drained(recovered_at).await;
-    std::fs::remove_file(&secret_file).ok();
     case.stop().await;
 }
 

@@ -1,0 +1,66 @@
+//! The real `graph-relay serve` as a child process: started on a config file, ready when it
+//! prints its `graph-relay ready` line, stopped with SIGTERM (must exit 0) or SIGKILL.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use tokio::io::AsyncBufReadExt;
+use tokio::process::{Child, Command};
+
+use super::relay::read_line_starting_with;
+
+const START: Duration = Duration::from_secs(20);
+
+pub struct RelayProcess {
+    child: Child,
+    pub smtp: SocketAddr,
+}
+
+impl RelayProcess {
+    /// `graph-relay --config CONFIG serve EXTRA...`, once it is listening.
+    pub async fn start(config: &Path, extra: &[&str]) -> RelayProcess {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_graph-relay"))
+            .arg("--config")
+            .arg(config)
+            .arg("serve")
+            .args(extra)
+            .env("RUST_LOG", "graph_relay=warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn graph-relay");
+        let mut lines =
+            tokio::io::BufReader::new(child.stdout.take().expect("stdout piped")).lines();
+        let ready = read_line_starting_with(&mut lines, "graph-relay ready ", START).await;
+        // Keep draining stdout so the child never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        assert!(ready.contains(" status="), "{ready}");
+        let smtp = ready
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("smtp="))
+            .and_then(|list| list.split(',').next())
+            .unwrap_or_else(|| panic!("no smtp= in {ready:?}"))
+            .parse()
+            .unwrap_or_else(|e| panic!("bad smtp address in {ready:?}: {e}"));
+        RelayProcess { child, smtp }
+    }
+
+    /// SIGKILL: no shutdown code runs.
+    pub async fn kill9(mut self) {
+        self.child.kill().await.expect("kill -9");
+    }
+
+    /// SIGTERM to this child only; returns its exit status.
+    pub async fn terminate(mut self) -> ExitStatus {
+        let pid = self.child.id().expect("child still running") as libc::pid_t;
+        // SAFETY: kill(2) on the pid of a child we spawned and have not reaped.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+        tokio::time::timeout(START, self.child.wait())
+            .await
+            .expect("graph-relay exits after SIGTERM")
+            .expect("wait for graph-relay")
+    }
+}
