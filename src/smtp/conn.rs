@@ -19,6 +19,9 @@ const MAX_QUEUED_OUTPUT: usize = 16 * 1024;
 
 const READ_CHUNK: usize = 16 * 1024;
 
+/// Most input discarded by `lingering_close`.
+const MAX_LINGER_BYTES: usize = 64 * 1024;
+
 /// Why no more input is coming.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum ReadError {
@@ -98,6 +101,30 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             }
             Err(_) => Err(ReadError::TimedOut),
         }
+    }
+
+    /// Writes out the queued replies, ends our side (FIN) and discards what the client still
+    /// sends, for at most `linger` and `MAX_LINGER_BYTES`, so the close does not turn into a
+    /// reset that could destroy the replies before the client reads them.
+    pub(crate) async fn lingering_close(mut self, linger: Duration) {
+        if self.flush().await.is_err() {
+            return;
+        }
+        let stream = &mut self.stream;
+        let _ = tokio::time::timeout(linger, async {
+            if stream.shutdown().await.is_err() {
+                return;
+            }
+            let mut sink = [0u8; 4096];
+            let mut total = 0usize;
+            while total < MAX_LINGER_BYTES {
+                match stream.read(&mut sink).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => total += n,
+                }
+            }
+        })
+        .await;
     }
 
     /// Flushes when a pipelining client has let too many replies pile up.

@@ -24,6 +24,9 @@ use super::settings::SmtpSettings;
 use super::sink::{AcceptError, MessageSink};
 use crate::spool::Envelope;
 
+/// How long a refused client may keep sending after the 554 before the connection is dropped.
+const REFUSED_LINGER: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Shutdown as a session sees it: `soft` ends idle sessions at once; `hard` (the grace period is
 /// over) ends the rest, mid-transaction or not.
 #[derive(Clone, Default)]
@@ -53,7 +56,9 @@ where
             // A TLS client could not read a plaintext reply; it just sees the close.
             let mut conn = Conn::new(stream, settings.idle_timeout);
             conn.reply(&reply::access_denied(&settings.hostname));
-            let _ = conn.flush().await;
+            // A client that pipelined commands without waiting would otherwise get a reset
+            // (unread input at close) that can swallow the 554 before it reads it.
+            conn.lingering_close(REFUSED_LINGER).await;
         }
         return;
     }
