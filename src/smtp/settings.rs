@@ -117,6 +117,14 @@ impl SmtpSettings {
         s.data_timeout = idle;
         s.require_auth = smtp.require_auth;
         s.users = smtp.users.clone();
+        for (user, mailbox) in unsendable_mailboxes(c) {
+            warn!(
+                user = %user,
+                mailbox = %mailbox,
+                "smtp.users mailbox is neither microsoft.sender nor in microsoft.allowed_senders: \
+                 its mail will be sent from microsoft.sender"
+            );
+        }
         s
     }
 
@@ -203,6 +211,37 @@ impl fmt::Debug for SmtpSettings {
     }
 }
 
+/// Users whose `mailbox` Graph would not send from (app-only flow): not `microsoft.sender` and
+/// not matched by `microsoft.allowed_senders` (address or `*@domain`).
+fn unsendable_mailboxes(c: &Config) -> Vec<(&str, &str)> {
+    let ms = &c.microsoft;
+    if ms.flow == crate::config::Flow::Delegated {
+        return Vec::new();
+    }
+    let sendable = |mailbox: &str| {
+        let mailbox = mailbox.trim().to_ascii_lowercase();
+        let domain = mailbox.rsplit_once('@').map(|(_, d)| d.to_string());
+        let is_sender = ms
+            .sender
+            .as_deref()
+            .is_some_and(|s| s.trim().eq_ignore_ascii_case(&mailbox));
+        is_sender
+            || ms.allowed_senders.iter().any(|entry| {
+                let entry = entry.trim().to_ascii_lowercase();
+                match entry.strip_prefix("*@").or_else(|| entry.strip_prefix('@')) {
+                    Some(d) => domain.as_deref() == Some(d),
+                    None => !entry.is_empty() && entry == mailbox,
+                }
+            })
+    };
+    c.smtp
+        .users
+        .iter()
+        .filter_map(|(user, u)| u.mailbox().map(|m| (user.as_str(), m)))
+        .filter(|(_, m)| !sendable(m))
+        .collect()
+}
+
 fn one_line(text: &str) -> String {
     let clean: String = text
         .chars()
@@ -260,6 +299,23 @@ mod tests {
         assert_eq!(s.data_timeout, Duration::from_secs(7));
         assert!(s.tls.is_none());
         assert!(format!("{s:?}").contains("mx.example"));
+    }
+
+    #[test]
+    fn mailboxes_graph_would_not_send_from_are_found() {
+        let file = r#"
+[smtp.users]
+a = { password = "x", mailbox = "Relay@Contoso.com" }
+b = { password = "x", mailbox = "shop@fabrikam.com" }
+c = { password = "x", mailbox = "ann@contoso.com" }
+d = { password = "x", mailbox = "eve@elsewhere.com" }
+e = "no mailbox"
+[microsoft]
+sender = "relay@contoso.com"
+allowed_senders = ["*@fabrikam.com", "ann@contoso.com"]
+"#;
+        let config = Config::from_layers(Some(file), &[]).expect("config");
+        assert_eq!(unsendable_mailboxes(&config), [("d", "eve@elsewhere.com")]);
     }
 
     #[test]
