@@ -185,6 +185,9 @@ async fn the_binary_reloads_the_certificate_on_sighup() {
 
     copy_pair(&renewed, &live);
     let pid = i32::try_from(child.id().expect("pid")).expect("pid fits");
+    // `serve` prints its ready line before it installs the SIGHUP handler, and SIGHUP's default
+    // action ends the process: wait until the handler is there (Linux: SigCgt in /proc).
+    wait_for_sighup_handler(pid).await;
     // SAFETY: sending a signal to our own child process.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGHUP) }, 0);
     // The reload happens on the relay's signal task; poll the handshake until it shows.
@@ -206,6 +209,27 @@ async fn the_binary_reloads_the_certificate_on_sighup() {
         .expect("exits after SIGTERM")
         .expect("wait");
     assert!(status.success(), "{status:?}");
+}
+
+/// Waits until process `pid` catches SIGHUP (bit 1 of the SigCgt mask in /proc/PID/status).
+async fn wait_for_sighup_handler(pid: i32) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let caught = status
+            .lines()
+            .find_map(|l| l.strip_prefix("SigCgt:"))
+            .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+            .is_some_and(|mask| mask & (1 << (libc::SIGHUP - 1)) != 0);
+        if caught {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "graph-relay never installed a SIGHUP handler"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 /// `certs/README.md`'s openssl command (run as written, in a temp dir) makes a pair the relay
