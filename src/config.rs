@@ -607,7 +607,11 @@ fn deserialize_collecting(mut tree: config::Value) -> Result<Config, ConfigError
     for _ in 0..64 {
         match serde_path_to_error::deserialize::<_, Config>(tree.clone()) {
             Ok(config) if errors.is_empty() => return Ok(config),
-            Ok(_) => return Err(ConfigError::Invalid(errors)),
+            Ok(repaired) => {
+                // The rest of the file is still worth checking: report its cross-key problems too.
+                errors.extend(repaired.validate());
+                return Err(ConfigError::Invalid(errors));
+            }
             Err(err) => {
                 let path = err.path().to_string();
                 let message = clean_message(&err.inner().to_string());

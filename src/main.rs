@@ -95,6 +95,8 @@ fn check(source: &Source) -> ExitCode {
 }
 
 async fn serve(config: Config, args: ServeArgs, source: &Source) -> Result<ExitCode> {
+    // Handlers first: once the ready line is out, a SIGHUP must reload, not kill.
+    let mut signals = Signals::install()?;
     let running = app::start(
         config,
         StartOptions {
@@ -114,27 +116,40 @@ async fn serve(config: Config, args: ServeArgs, source: &Source) -> Result<ExitC
     // A stable line scripts and tests wait for (ports may be 0 in the config).
     println!("graph-relay ready smtp={} status={status}", smtp.join(","));
     std::io::stdout().flush().ok();
-    wait_for_signal(&running, source).await?;
+    signals.wait(&running, source).await;
     tracing::info!("shutting down");
     running.shutdown().await;
     Ok(ExitCode::SUCCESS)
 }
 
-/// Waits for SIGTERM/SIGINT; on SIGHUP reloads the configuration (a bad file is reported and
-/// the running one kept).
-async fn wait_for_signal(running: &app::Running, source: &Source) -> Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
-    loop {
-        tokio::select! {
-            _ = term.recv() => return Ok(()),
-            _ = int.recv() => return Ok(()),
-            _ = hup.recv() => match Config::load(source) {
-                Ok(config) => running.reload(&config),
-                Err(e) => tracing::error!(error = %e, "SIGHUP: configuration not reloaded"),
-            },
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+            hup: signal(SignalKind::hangup()).context("installing the SIGHUP handler")?,
+        })
+    }
+
+    /// Waits for SIGTERM/SIGINT; on SIGHUP reloads the configuration (a bad file is reported
+    /// and the running one kept).
+    async fn wait(&mut self, running: &app::Running, source: &Source) {
+        loop {
+            tokio::select! {
+                _ = self.term.recv() => return,
+                _ = self.int.recv() => return,
+                _ = self.hup.recv() => match Config::load(source) {
+                    Ok(config) => running.reload(&config),
+                    Err(e) => tracing::error!(error = %e, "SIGHUP: configuration not reloaded"),
+                },
+            }
         }
     }
 }
