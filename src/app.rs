@@ -178,7 +178,7 @@ pub async fn start(config: Config, opts: StartOptions) -> Result<Running, AppErr
         spool: spool.clone(),
         clock: opts.clock.clone(),
         counters: counters.clone(),
-        waker: waker.clone(),
+        manager: manager.clone(),
     });
     let settings =
         Arc::new(SmtpSettings::try_from_config(&config).map_err(|e| AppError::Tls(e.to_string()))?);
@@ -369,7 +369,7 @@ struct Ingest {
     spool: Spool,
     clock: Arc<dyn Clock>,
     counters: Arc<Counters>,
-    waker: Arc<Notify>,
+    manager: Arc<QueueManager>,
 }
 
 /// Free space the spool keeps in reserve: MAIL gets `452 4.3.1` when less than this (plus the
@@ -428,8 +428,9 @@ impl MessageSink for Ingest {
         match committed {
             Ok(record) => {
                 self.counters.received();
-                self.waker.notify_one();
-                Ok(record.id)
+                let id = record.id.clone();
+                self.manager.submit(record);
+                Ok(id)
             }
             Err(SpoolError::NoSpace(e)) => {
                 error!(error = %e, "spool disk full: answering 452 until space returns");

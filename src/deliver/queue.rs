@@ -3,7 +3,7 @@
 //! `PER_MAILBOX` requests in flight per mailbox; and writes each outcome back to the spool.
 //! Holds mail while the token state is not `valid`.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
@@ -29,6 +29,14 @@ const RESCAN: Duration = Duration::from_secs(5);
 /// misread as fatal heals by itself.
 const HOLD_PROBE: Duration = Duration::from_secs(60);
 
+/// The queue as the manager last knew it: read from disk at each rescan, kept current in
+/// between from `submit` and from the outcome of each delivery.
+#[derive(Default)]
+struct Schedule {
+    records: BTreeMap<QueueId, Record>,
+    scanned_at: Option<std::time::Instant>,
+}
+
 #[derive(Debug, Clone, Copy)]
 pub struct RetryPolicy {
     pub backoff: Backoff,
@@ -47,6 +55,9 @@ pub struct QueueManager {
     needs_token: bool,
     wake: Arc<Notify>,
     in_flight: Mutex<HashSet<QueueId>>,
+    /// Records handed in by `submit` since the last pass.
+    inbox: Mutex<Vec<Record>>,
+    schedule: Mutex<Schedule>,
     mailboxes: Mutex<HashMap<String, Arc<Semaphore>>>,
     workers: Arc<Semaphore>,
     last_probe: Mutex<Option<SystemTime>>,
@@ -75,6 +86,8 @@ impl QueueManager {
             needs_token,
             wake: Arc::new(Notify::new()),
             in_flight: Mutex::new(HashSet::new()),
+            inbox: Mutex::new(Vec::new()),
+            schedule: Mutex::new(Schedule::default()),
             mailboxes: Mutex::new(HashMap::new()),
             workers: Arc::new(Semaphore::new(WORKERS)),
             last_probe: Mutex::new(None),
@@ -118,40 +131,74 @@ impl QueueManager {
         }
     }
 
+    /// Hands a freshly committed (or just rescheduled) record to the manager, so it need not
+    /// read the whole queue back from disk to find it.
+    pub fn submit(&self, record: Record) {
+        self.inbox.lock().expect("inbox lock").push(record);
+        self.wake.notify_one();
+    }
+
+    /// What is queued: the disk every `RESCAN` (the truth: it also sees `queue retry` and
+    /// `queue delete`), and in between what `submit` handed in.
+    async fn queued(&self) -> Option<Vec<Record>> {
+        let fresh: Vec<Record> = std::mem::take(&mut *self.inbox.lock().expect("inbox lock"));
+        let rescan = self
+            .schedule
+            .lock()
+            .expect("schedule lock")
+            .scanned_at
+            .is_none_or(|at| at.elapsed() >= RESCAN);
+        let mut schedule = if rescan {
+            // Everything submitted so far is on disk already, so the listing includes it. What
+            // is in flight now may change on disk while we read: its worker resubmits it.
+            let busy: HashSet<QueueId> = self.in_flight.lock().expect("in-flight lock").clone();
+            let spool = self.spool.clone();
+            let listed = match tokio::task::spawn_blocking(move || spool.list(Area::Queue)).await {
+                Ok(Ok(records)) => records,
+                Ok(Err(e)) => {
+                    error!(error = %e, "cannot read the queue");
+                    return None;
+                }
+                Err(e) => {
+                    error!(error = %e, "queue scan task failed");
+                    return None;
+                }
+            };
+            let listed: Vec<Record> = listed
+                .into_iter()
+                .filter(|r| !busy.contains(&r.id))
+                .collect();
+            let mut schedule = self.schedule.lock().expect("schedule lock");
+            schedule.records = listed.into_iter().map(|r| (r.id.clone(), r)).collect();
+            schedule.scanned_at = Some(std::time::Instant::now());
+            schedule
+        } else {
+            let mut schedule = self.schedule.lock().expect("schedule lock");
+            for record in fresh {
+                schedule.records.insert(record.id.clone(), record);
+            }
+            schedule
+        };
+        let in_flight = self.in_flight.lock().expect("in-flight lock");
+        schedule.records.retain(|id, _| !in_flight.contains(id));
+        Some(schedule.records.values().cloned().collect())
+    }
+
     /// One look at the queue: dispatches what is due, returns when the next message falls due.
     async fn pass(self: &Arc<Self>) -> Option<SystemTime> {
-        let spool = self.spool.clone();
-        let records = match tokio::task::spawn_blocking(move || spool.list(Area::Queue)).await {
-            Ok(Ok(records)) => records,
-            Ok(Err(e)) => {
-                error!(error = %e, "cannot read the queue");
-                return None;
-            }
-            Err(e) => {
-                error!(error = %e, "queue scan task failed");
-                return None;
-            }
-        };
+        let records = self.queued().await?;
         let token_ok = self.token_usable(&records).await;
         let now = self.clock.now();
         let mut next_due: Option<SystemTime> = None;
         for record in records {
-            if self
-                .in_flight
-                .lock()
-                .expect("in-flight lock")
-                .contains(&record.id)
-            {
-                continue;
-            }
             match record.state {
                 State::Held if token_ok => self.dispatch(release(record, now)),
                 State::Held => {}
                 State::Pending if !token_ok => {
-                    self.persist(hold(record, &self.token_reason())).await
+                    self.reschedule(hold(record, &self.token_reason())).await
                 }
                 State::Pending if expired(&record, now, self.policy.max_age) => {
-                    self.persist(expire(record, now)).await
+                    self.reschedule(expire(record, now)).await
                 }
                 State::Pending if record.next_attempt <= now => self.dispatch(record),
                 State::Pending => {
@@ -162,6 +209,19 @@ impl QueueManager {
             }
         }
         next_due
+    }
+
+    /// Writes a changed record and keeps the schedule in step with it.
+    async fn reschedule(&self, record: Record) {
+        let id = record.id.clone();
+        let keep = record.state != State::Failed;
+        self.persist(record.clone()).await;
+        let mut schedule = self.schedule.lock().expect("schedule lock");
+        if keep {
+            schedule.records.insert(id, record);
+        } else {
+            schedule.records.remove(&id);
+        }
     }
 
     /// Whether sends may go out now. While the state is not `valid` and mail waits, the token
@@ -199,27 +259,36 @@ impl QueueManager {
             .lock()
             .expect("in-flight lock")
             .insert(record.id.clone());
+        self.schedule
+            .lock()
+            .expect("schedule lock")
+            .records
+            .remove(&record.id);
         let this = self.clone();
         let span = info_span!("deliver", queue_id = %record.id);
         tokio::spawn(
             async move {
                 let id = record.id.clone();
-                this.deliver(record).await;
+                let again = this.deliver(record).await;
                 this.in_flight.lock().expect("in-flight lock").remove(&id);
                 drop(permit);
-                this.wake.notify_one();
+                match again {
+                    Some(record) => this.submit(record),
+                    None => this.wake.notify_one(),
+                }
             }
             .instrument(span),
         );
     }
 
-    async fn deliver(&self, mut record: Record) {
+    /// Delivers one message; returns its record when it stays queued (retry or hold).
+    async fn deliver(&self, mut record: Record) -> Option<Record> {
         let raw = match self.read_message(&record.id).await {
             Ok(raw) => raw,
-            Err(SpoolError::NotFound(_)) => return, // deleted meanwhile
+            Err(SpoolError::NotFound(_)) => return None, // deleted meanwhile
             Err(e) => {
-                error!(error = %e, "cannot read the message; will retry");
-                return;
+                error!(error = %e, "cannot read the message; the next rescan retries it");
+                return None;
             }
         };
         let options = self.options.read().expect("options lock").clone();
@@ -267,7 +336,7 @@ impl QueueManager {
         self.finish(record, Ok(())).await
     }
 
-    async fn finish(&self, record: Record, outcome: Result<(), DeliveryError>) {
+    async fn finish(&self, record: Record, outcome: Result<(), DeliveryError>) -> Option<Record> {
         match outcome {
             Ok(()) => {
                 let spool = self.spool.clone();
@@ -283,6 +352,7 @@ impl QueueManager {
                     }
                     Err(e) => error!(error = %e, "delivered, but the removal task failed"),
                 }
+                None
             }
             Err(failure) => {
                 let next =
@@ -300,7 +370,8 @@ impl QueueManager {
                         "will retry"
                     ),
                 }
-                self.persist(next).await;
+                self.persist(next.clone()).await;
+                (next.state != State::Failed).then_some(next)
             }
         }
     }
