@@ -4,6 +4,7 @@
 //! `failed/`, `corrupt/` (unreadable, never deleted automatically), `outbox/` (dry run).
 
 mod envelope;
+mod group_sync;
 mod record;
 mod store;
 mod admin;

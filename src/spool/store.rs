@@ -10,6 +10,7 @@ use std::time::SystemTime;
 
 use tracing::{error, warn};
 
+use super::group_sync::GroupSync;
 use super::record::{Record, State};
 use super::{Envelope, QueueId};
 
@@ -74,6 +75,8 @@ pub struct ScanReport {
 pub struct Spool {
     root: PathBuf,
     write_hook: Option<WriteHook>,
+    /// Commits share fsyncs of `queue/` (group commit).
+    queue_sync: Arc<GroupSync>,
 }
 
 impl std::fmt::Debug for Spool {
@@ -85,8 +88,10 @@ impl std::fmt::Debug for Spool {
 impl Spool {
     /// Opens (creating if needed) the spool at `root`.
     pub fn open(root: impl Into<PathBuf>) -> Result<Spool, SpoolError> {
+        let root: PathBuf = root.into();
         let spool = Spool {
-            root: root.into(),
+            queue_sync: Arc::new(GroupSync::new(root.join(Area::Queue.dir_name()))),
+            root,
             write_hook: None,
         };
         for dir in ["tmp", "queue", "failed", "corrupt"] {
@@ -139,7 +144,7 @@ impl Spool {
             .and_then(|()| rename(&tmp_eml, &self.eml_path(Area::Queue, &id)))
             // The record's rename is the commit point.
             .and_then(|()| rename(&tmp_json, &self.json_path(Area::Queue, &id)))
-            .and_then(|()| sync_dir(&self.area_dir(Area::Queue)));
+            .and_then(|()| self.sync_area(Area::Queue));
         if result.is_err() {
             let _ = fs::remove_file(&tmp_eml);
             let _ = fs::remove_file(&tmp_json);
@@ -186,7 +191,18 @@ impl Spool {
         self.replace_json(record, &self.json_path(to, id))?;
         rename(&from_eml, &self.eml_path(to, id))?;
         remove(&self.json_path(from, id))?;
-        sync_dir(&self.area_dir(from))
+        self.sync_area(from)
+    }
+
+    /// fsyncs an area's directory; `queue/` is shared among concurrent callers (group commit).
+    fn sync_area(&self, area: Area) -> Result<(), SpoolError> {
+        match area {
+            Area::Queue => self
+                .queue_sync
+                .sync()
+                .map_err(|e| SpoolError::io(self.queue_sync.dir(), e)),
+            Area::Failed => sync_dir(&self.area_dir(area)),
+        }
     }
 
     /// Deletes a message from whichever area holds it. The record goes first, so a crash leaves
@@ -197,7 +213,7 @@ impl Spool {
             if json.exists() {
                 remove(&json)?;
                 remove(&self.eml_path(area, id))?;
-                sync_dir(&self.area_dir(area))?;
+                self.sync_area(area)?;
                 return Ok(area);
             }
         }
