@@ -54,10 +54,17 @@ impl Transport for Outbox {
         let path = self.file_for(id, part);
         let dir = self.dir.clone();
         let write = tokio::task::spawn_blocking(move || {
-            std::fs::create_dir_all(&dir)?;
             let tmp = path.with_extension("json.tmp");
-            std::fs::write(&tmp, &bytes)?;
-            std::fs::rename(&tmp, &path)
+            let write_once =
+                || std::fs::write(&tmp, &bytes).and_then(|()| std::fs::rename(&tmp, &path));
+            match write_once() {
+                // The outbox is made on first use (or again, if someone removed it).
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    std::fs::create_dir_all(&dir)?;
+                    write_once()
+                }
+                other => other,
+            }
         });
         match write.await {
             Ok(Ok(())) => Ok(()),
