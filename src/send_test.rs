@@ -9,7 +9,10 @@ use tokio::net::TcpStream;
 #[derive(Debug, thiserror::Error)]
 pub enum SendTestError {
     #[error("cannot connect to {server}: {source}")]
-    Connect { server: String, source: std::io::Error },
+    Connect {
+        server: String,
+        source: std::io::Error,
+    },
     #[error("connection to the relay failed: {0}")]
     Io(#[from] std::io::Error),
     #[error("the relay refused at {stage}: {reply}")]
@@ -28,10 +31,12 @@ pub async fn send(server: &str, helo: &str, from: &str, to: &str) -> Result<Stri
 }
 
 async fn exchange(server: &str, helo: &str, from: &str, to: &str) -> Result<String, SendTestError> {
-    let stream = TcpStream::connect(server).await.map_err(|source| SendTestError::Connect {
-        server: server.to_string(),
-        source,
-    })?;
+    let stream = TcpStream::connect(server)
+        .await
+        .map_err(|source| SendTestError::Connect {
+            server: server.to_string(),
+            source,
+        })?;
     let (read, mut write) = stream.into_split();
     let mut read = BufReader::new(read);
     expect(&mut read, "greeting", '2').await?;
