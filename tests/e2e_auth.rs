@@ -304,3 +304,58 @@ async fn delegated_large_message_goes_through_the_draft_path() {
     assert!(m.attachments()[0].bytes == big);
     relay.shutdown().await;
 }
+
+/// Certificate credentials (JWT client assertion), PS256 with `x5t#S256` and the older RS256 with
+/// `x5t`: the fake checks the thumbprint and the signature against the registered certificate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificate_credentials_deliver_with_ps256_and_rs256() {
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    for (alg, key) in [("PS256", "app.key"), ("RS256", "app-pkcs1.key")] {
+        let ms = FakeMicrosoft::start().await;
+        ms.set_client_certificate_pem(&std::fs::read_to_string(fixtures.join("app.crt")).unwrap());
+        let relay = TestRelay::start(
+            &ms,
+            RelayOptions {
+                credentials: false,
+                microsoft_extra: format!(
+                    "tenant = \"{}\"\nclient_id = \"{}\"\nclient_certificate = \"{}\"\nclient_key = \"{}\"\nassertion_alg = \"{alg}\"\n",
+                    ms.tenant(),
+                    ms.client_id(),
+                    fixtures.join("app.crt").display(),
+                    fixtures.join(key).display()
+                ),
+                ..RelayOptions::default()
+            },
+        )
+        .await;
+        let message = format!(
+            "From: relay@contoso.test\r\nTo: a@example.org\r\nSubject: signed with {alg}\r\n\r\nhi\r\n"
+        );
+        assert_eq!(
+            send_raw(
+                relay.smtp,
+                "relay@contoso.test",
+                &["a@example.org"],
+                message.as_bytes()
+            )
+            .await,
+            250
+        );
+        let sent = ms.wait_for_sent(1, WAIT).await;
+        assert_eq!(sent[0].subject(), Some(format!("signed with {alg}")));
+        let token_request = ms
+            .requests()
+            .into_iter()
+            .find(|r| r.route == Route::Token)
+            .expect("a token request");
+        assert_eq!(
+            token_request.form_value("client_assertion_type"),
+            Some("urn:ietf:params:oauth:client-assertion-type:jwt-bearer")
+        );
+        assert!(
+            token_request.form_value("client_secret").is_none(),
+            "no secret with a certificate"
+        );
+        relay.shutdown().await;
+    }
+}
