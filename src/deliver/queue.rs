@@ -25,9 +25,12 @@ pub const PER_MAILBOX: usize = 4;
 const WORKERS: usize = 16;
 /// The disk is the truth: rescan at least this often, whatever the in-memory hints say.
 const RESCAN: Duration = Duration::from_secs(5);
-/// While mail is held, ask the token endpoint again this often, so a transient outage that was
-/// misread as fatal heals by itself.
-const HOLD_PROBE: Duration = Duration::from_secs(60);
+/// While mail is held, ask the token endpoint again on this slow backoff (1 min doubling to
+/// 10 min), so a transient outage that was misread as fatal heals by itself.
+const HOLD_PROBE: Backoff = Backoff {
+    min: Duration::from_secs(60),
+    max: Duration::from_secs(600),
+};
 
 /// The queue as the manager last knew it: read from disk at each rescan, kept current in
 /// between from `submit` and from the outcome of each delivery.
@@ -60,7 +63,9 @@ pub struct QueueManager {
     schedule: Mutex<Schedule>,
     mailboxes: Mutex<HashMap<String, Arc<Semaphore>>>,
     workers: Arc<Semaphore>,
-    last_probe: Mutex<Option<SystemTime>>,
+    /// When the token endpoint was last asked while mail was held, and how many such probes
+    /// in a row failed.
+    last_probe: Mutex<Option<(SystemTime, u32)>>,
 }
 
 impl QueueManager {
@@ -225,9 +230,11 @@ impl QueueManager {
     }
 
     /// Whether sends may go out now. While the state is not `valid` and mail waits, the token
-    /// endpoint is asked again every `HOLD_PROBE`.
+    /// endpoint is asked again on the `HOLD_PROBE` backoff, or at once when the credential
+    /// files changed.
     async fn token_usable(&self, records: &[Record]) -> bool {
         if !self.needs_token || self.tokens.status().state == TokenState::Valid {
+            *self.last_probe.lock().expect("probe lock") = None;
             return true;
         }
         if records.is_empty() {
@@ -235,16 +242,22 @@ impl QueueManager {
         }
         let now = self.clock.now();
         let changed = self.tokens.inputs_changed();
-        let due = {
-            let mut last = self.last_probe.lock().expect("probe lock");
-            let due = changed
-                || last.is_none_or(|t| now.duration_since(t).unwrap_or_default() >= HOLD_PROBE);
-            if due {
-                *last = Some(now);
+        let failures = {
+            let last = self.last_probe.lock().expect("probe lock");
+            match *last {
+                Some((at, failures)) if !changed => {
+                    let wait = HOLD_PROBE.delay(failures, None, 0.5);
+                    if now.duration_since(at).unwrap_or_default() < wait {
+                        return false;
+                    }
+                    failures
+                }
+                _ => 0,
             }
-            due
         };
-        due && self.tokens.token().await.is_ok()
+        let usable = self.tokens.token().await.is_ok();
+        *self.last_probe.lock().expect("probe lock") = (!usable).then_some((now, failures + 1));
+        usable
     }
 
     fn token_reason(&self) -> String {
@@ -603,5 +616,90 @@ mod tests {
         let released = release(held, clock.now());
         assert_eq!(released.state, State::Pending);
         assert_eq!(released.next_attempt, clock.now());
+    }
+
+    /// A token source that is dead until told otherwise, counting how often it is asked.
+    struct DeadTokens {
+        asked: std::sync::atomic::AtomicUsize,
+        status: crate::auth::StatusCell,
+    }
+
+    #[async_trait::async_trait]
+    impl TokenSource for DeadTokens {
+        async fn token(&self) -> Result<crate::auth::AccessToken, crate::auth::TokenError> {
+            self.asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Err(crate::auth::TokenError::Reauth("AADSTS700082".into()))
+        }
+        fn invalidate(&self, _: &crate::auth::AccessToken) {}
+        fn status(&self) -> crate::auth::TokenStatus {
+            self.status.get()
+        }
+        fn subscribe(&self) -> tokio::sync::watch::Receiver<crate::auth::TokenStatus> {
+            self.status.subscribe()
+        }
+        fn rejected(&self, _: &str) {}
+    }
+
+    struct NeverCalled;
+
+    #[async_trait::async_trait]
+    impl Transport for NeverCalled {
+        async fn send(
+            &self,
+            _: &QueueId,
+            _: usize,
+            _: &crate::convert::GraphPlan,
+        ) -> Result<(), DeliveryError> {
+            panic!("nothing may be sent while the token is dead");
+        }
+    }
+
+    #[tokio::test]
+    async fn held_mail_probes_the_token_endpoint_on_a_slow_doubling_backoff() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let clock = Arc::new(ManualClock::new(SystemTime::now()));
+        let held = hold(
+            spool
+                .commit(
+                    &Envelope::new("a@x.org", vec!["b@y.org".into()]),
+                    b"m",
+                    clock.now(),
+                )
+                .unwrap(),
+            "dead",
+        );
+        spool.update(&held).unwrap();
+        let tokens = Arc::new(DeadTokens {
+            asked: Default::default(),
+            status: crate::auth::StatusCell::new(crate::auth::TokenStatus {
+                state: TokenState::ReauthRequired,
+                reason: "AADSTS700082".into(),
+                expires_at: None,
+            }),
+        });
+        let manager = QueueManager::new(
+            spool,
+            Arc::new(NeverCalled),
+            tokens.clone(),
+            ConvertOptions::default(),
+            POLICY,
+            clock.clone(),
+            Arc::new(Counters::default()),
+            true,
+        );
+        let asked = || tokens.asked.load(std::sync::atomic::Ordering::SeqCst);
+        manager.pass().await;
+        assert_eq!(asked(), 1, "the first pass asks at once");
+        // Then 1 min, 2 min, 4 min, 8 min, 10 min, 10 min apart; never in between.
+        for wait in [60, 120, 240, 480, 600, 600] {
+            clock.advance(Duration::from_secs(wait - 1));
+            let before = asked();
+            manager.pass().await;
+            assert_eq!(asked(), before, "asked again before {wait} s");
+            clock.advance(Duration::from_secs(1));
+            manager.pass().await;
+            assert_eq!(asked(), before + 1, "not asked after {wait} s");
+        }
     }
 }
