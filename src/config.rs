@@ -54,6 +54,8 @@ pub struct SmtpConfig {
     pub max_connections: usize,
     #[serde(deserialize_with = "lenient_u64")]
     pub idle_timeout_secs: u64,
+    #[serde(deserialize_with = "lenient_u64")]
+    pub data_memory_bytes: u64,
 }
 
 /// An SMTP AUTH user (`smtp.users.NAME`): a plain password, or a table with `password` or
@@ -372,6 +374,12 @@ impl Config {
         }
         if smtp.max_connections == 0 {
             bad("smtp.max_connections", "must be greater than 0".into());
+        }
+        if smtp.data_memory_bytes < smtp.max_message_bytes {
+            bad(
+                "smtp.data_memory_bytes",
+                "must be at least smtp.max_message_bytes, or no message of the largest size could ever be received".into(),
+            );
         }
         if smtp.idle_timeout_secs == 0 {
             bad("smtp.idle_timeout_secs", "must be greater than 0".into());
@@ -944,9 +952,11 @@ retry_min = "soon"
 
     #[test]
     fn cross_key_rules() {
-        let file = "[smtp]\ntls_cert = \"a.pem\"\n[queue]\nretry_min = \"2h\"\n";
+        let file =
+            "[smtp]\ntls_cert = \"a.pem\"\ndata_memory_bytes = 1000\n[queue]\nretry_min = \"2h\"\n";
         let paths = bad_paths(load(Some(file), &[]).unwrap_err());
         assert!(paths.contains(&"smtp.tls_cert".to_string()));
+        assert!(paths.contains(&"smtp.data_memory_bytes".to_string()));
         assert!(paths.contains(&"queue.retry_max".to_string()));
     }
 

@@ -969,3 +969,40 @@ print("quit", s.quit()[0])
     );
     server.stop().await;
 }
+
+/// Many large messages at once cannot exhaust memory: past `data_memory_bytes` (all sessions
+/// together) a message is drained and refused with 452 4.3.1, the session stays usable, and
+/// the budget comes back when the holder finishes.
+#[tokio::test]
+async fn data_memory_budget_refuses_with_452_and_recovers() {
+    let mut s = settings();
+    s.max_message_bytes = 200 * 1024;
+    s.data_memory_bytes = 256 * 1024;
+    let server = start(s).await;
+    let line = format!("{}\r\n", "x".repeat(1022));
+    let body = |kib: usize| line.repeat(kib);
+
+    // Session A holds 192 KiB in memory, mid-DATA.
+    let mut a = Raw::ready(tokio::net::TcpStream::connect(server.addr).await.unwrap()).await;
+    assert!(a.cmd("MAIL FROM:<a@x.org>").await.starts_with("250"));
+    assert!(a.cmd("RCPT TO:<b@y.org>").await.starts_with("250"));
+    assert!(a.cmd("DATA").await.starts_with("354"));
+    a.send(body(192).as_bytes()).await;
+    // No reply comes mid-DATA to wait on; give the server a moment to read what was sent.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    // Session B's 100 KiB does not fit beside it.
+    let mut b = Raw::ready(tokio::net::TcpStream::connect(server.addr).await.unwrap()).await;
+    let refused = b.send_mail("c@x.org", &["d@y.org"], &body(100)).await;
+    assert!(refused.starts_with("452 4.3.1"), "{refused}");
+    let noop = b.cmd("NOOP").await;
+    assert!(noop.starts_with("250"), "the session stays usable: {noop}");
+
+    // A finishes; its share is returned, and B's retry fits.
+    a.send(b".\r\n").await;
+    assert!(a.reply().await.starts_with("250 2.0.0"));
+    let accepted = b.send_mail("c@x.org", &["d@y.org"], &body(100)).await;
+    assert!(accepted.starts_with("250 2.0.0"), "{accepted}");
+    assert_eq!(server.sink.count(), 2);
+    server.stop().await;
+}

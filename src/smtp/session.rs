@@ -20,7 +20,7 @@ use tracing::{debug, info, warn};
 use super::conn::{Conn, Line, ReadError};
 use super::reply::{self, Reply};
 use super::sasl;
-use super::settings::SmtpSettings;
+use super::settings::{DATA_MEMORY_UNIT, SmtpSettings};
 use super::sink::{AcceptError, MessageSink};
 use crate::spool::Envelope;
 
@@ -471,6 +471,9 @@ impl Session<'_, '_> {
         let mut receiver = data_receiver();
         let mut discard: Option<DummyDataReceiver> = None;
         let mut body = Vec::new();
+        let budget = settings.data_memory();
+        let mut reserved: Option<tokio::sync::OwnedSemaphorePermit> = None;
+        let mut out_of_memory = false;
         loop {
             let avail = conn.buffered();
             let mut bytes = avail.iter();
@@ -482,6 +485,12 @@ impl Session<'_, '_> {
             conn.consume(used);
             if discard.is_none() && body.len() > max {
                 // Over the limit: keep reading to the end of the data, keep nothing.
+                discard = Some(DummyDataReceiver::new_data(&receiver));
+                body = Vec::new();
+            }
+            if discard.is_none() && !reserve_memory(&budget, &mut reserved, body.len()) {
+                // Every session together holds too much already: drain this one, refuse it.
+                out_of_memory = true;
                 discard = Some(DummyDataReceiver::new_data(&receiver));
                 body = Vec::new();
             }
@@ -501,6 +510,14 @@ impl Session<'_, '_> {
         let Some(tx) = self.state.tx.take() else {
             return Flow::Continue;
         };
+        if out_of_memory {
+            warn!(
+                budget = settings.data_memory_bytes,
+                "DATA memory budget exhausted; answered 452"
+            );
+            conn.reply(&reply::spool_full());
+            return Flow::Continue;
+        }
         if discard.is_some() {
             info!(limit = max, "message over the size limit; refused");
             conn.reply(&reply::too_big());
@@ -734,6 +751,33 @@ impl Session<'_, '_> {
             }
             sasl::Response::BadBase64 => Err(self.protocol_error(conn, reply::auth_bad_base64())),
         }
+    }
+}
+
+/// Grows this session's share of the DATA memory budget to cover `len` bytes. False when the
+/// budget is spent (the share already held is kept until the message is dropped).
+fn reserve_memory(
+    budget: &std::sync::Arc<tokio::sync::Semaphore>,
+    reserved: &mut Option<tokio::sync::OwnedSemaphorePermit>,
+    len: usize,
+) -> bool {
+    let held = reserved.as_ref().map_or(0, |p| p.num_permits());
+    let needed = len.div_ceil(DATA_MEMORY_UNIT);
+    if needed <= held {
+        return true;
+    }
+    let Ok(more) = u32::try_from(needed - held) else {
+        return false;
+    };
+    match budget.clone().try_acquire_many_owned(more) {
+        Ok(permit) => {
+            match reserved {
+                Some(held) => held.merge(permit),
+                None => *reserved = Some(permit),
+            }
+            true
+        }
+        Err(_) => false,
     }
 }
 

@@ -20,6 +20,9 @@ use super::tls::{self, ServerTls, TlsSetupError};
 
 /// Settings for `serve` and `serve_connection`. Construct with `new` (defaults) or
 /// `from_config`, then adjust the public fields before wrapping in an `Arc`.
+/// Granularity of the DATA memory budget.
+pub(crate) const DATA_MEMORY_UNIT: usize = 64 * 1024;
+
 pub struct SmtpSettings {
     /// Name in the 220 greeting, the EHLO reply and 421s.
     pub hostname: String,
@@ -54,7 +57,12 @@ pub struct SmtpSettings {
     pub max_hash_verifications: usize,
     /// When set, STARTTLS is offered and `serve_implicit_tls` works.
     pub tls: Option<ServerTls>,
+    /// Message data all sessions together may hold in memory while DATA is being received;
+    /// past it a message is drained and refused with `452 4.3.1` (try again later), so many
+    /// large messages at once cannot exhaust the host's memory.
+    pub data_memory_bytes: usize,
     limiter: OnceLock<Arc<Semaphore>>,
+    data_memory: OnceLock<Arc<Semaphore>>,
     hash_slots: OnceLock<Semaphore>,
 }
 
@@ -98,7 +106,9 @@ impl SmtpSettings {
                 .map_or(2, usize::from)
                 .clamp(1, 8),
             tls: None,
+            data_memory_bytes: 512 * 1024 * 1024,
             limiter: OnceLock::new(),
+            data_memory: OnceLock::new(),
             hash_slots: OnceLock::new(),
         }
     }
@@ -117,6 +127,7 @@ impl SmtpSettings {
         s.data_timeout = idle;
         s.require_auth = smtp.require_auth;
         s.users = smtp.users.clone();
+        s.data_memory_bytes = usize::try_from(smtp.data_memory_bytes).unwrap_or(usize::MAX);
         for (user, mailbox) in unsendable_mailboxes(c) {
             warn!(
                 user = %user,
@@ -178,6 +189,17 @@ impl SmtpSettings {
     pub(crate) fn limiter(&self) -> Arc<Semaphore> {
         self.limiter
             .get_or_init(|| Arc::new(Semaphore::new(self.max_connections.max(1))))
+            .clone()
+    }
+
+    /// The shared budget for message data held in memory, in `DATA_MEMORY_UNIT` permits.
+    pub(crate) fn data_memory(&self) -> Arc<Semaphore> {
+        self.data_memory
+            .get_or_init(|| {
+                let units =
+                    (self.data_memory_bytes / DATA_MEMORY_UNIT).clamp(1, Semaphore::MAX_PERMITS);
+                Arc::new(Semaphore::new(units))
+            })
             .clone()
     }
 
