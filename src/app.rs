@@ -91,7 +91,8 @@ impl Running {
     }
 
     /// SIGHUP: takes the Microsoft credentials and the sender policy from a reloaded
-    /// configuration and tries held mail again. (Listeners and SMTP policy need a restart.)
+    /// configuration, reloads the SMTP TLS certificate, and tries held mail again. (Listeners
+    /// and SMTP limits need a restart.)
     pub fn reload(&self, config: &Config) {
         self.tokens
             .replace(config, self.http.clone(), self.clock.clone());
