@@ -120,7 +120,8 @@ impl Notifier {
                 info!(status = %response.status(), "webhook notified")
             }
             Ok(response) => warn!(status = %response.status(), "webhook refused the notice"),
-            Err(e) => warn!(error = %e, "webhook notice failed"),
+            // Without the URL: chat webhook URLs are secrets.
+            Err(e) => warn!(error = %e.without_url(), "webhook notice failed"),
         }
     }
 

@@ -194,7 +194,8 @@ impl GraphTransport {
         let started = Instant::now();
         let result = request.timeout(REQUEST_TIMEOUT).send().await;
         self.latency.observe(started.elapsed());
-        let response = result.map_err(|e| Failure::Network(e.to_string()))?;
+        // Without the URL: an upload URL carries its own access token.
+        let response = result.map_err(|e| Failure::Network(e.without_url().to_string()))?;
         let status = response.status().as_u16();
         // 200 where 202 was promised has been seen for oversized MIME: treat it as a failure.
         if status == expect || (expect == 200 && status == 201) {
@@ -323,7 +324,7 @@ async fn read_field(response: reqwest::Response, field: &str) -> Result<String, 
     let value: serde_json::Value = response
         .json()
         .await
-        .map_err(|e| Failure::Network(format!("unreadable Graph response: {e}")))?;
+        .map_err(|e| Failure::Network(format!("unreadable Graph response: {}", e.without_url())))?;
     match value.get(field).and_then(|v| v.as_str()) {
         Some(text) => Ok(text.to_string()),
         None => Err(Failure::Status {
