@@ -362,3 +362,40 @@ async fn from_another_network_namespace() {
     );
     relay.shutdown().await;
 }
+
+/// Python inside the namespace: GET /status, GET /, POST /reauthorize; prints each status code.
+const STATUS_PROBE: &str = r#"
+import sys, urllib.request, urllib.error
+base = "http://%s" % sys.argv[1]
+def code(req):
+    try:
+        return urllib.request.urlopen(req, timeout=10).status
+    except urllib.error.HTTPError as e:
+        return e.code
+print(code(base + "/status"), code(base + "/"), code(urllib.request.Request(base + "/reauthorize", data=b"", method="POST")))
+"#;
+
+/// A status listener reachable from another host shows counts (`/status`) but not the page
+/// (which lists senders and recipients), and takes no actions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_page_and_actions_are_for_this_host_only() {
+    let Some(ns) = NetNs::create() else {
+        return;
+    };
+    let ms = FakeMicrosoft::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let toml = relay_toml(&ms, &dir.path().join("spool"), &RelayOptions::default());
+    let mut config = Config::from_layers(Some(&toml), &[]).expect("config");
+    config.status.listen = Some(SocketAddr::new(ns.host, 0));
+    let relay = app::start(config, StartOptions::default())
+        .await
+        .expect("relay starts");
+    let status = relay.status_addr().expect("status listener");
+    let out = ns.python(STATUS_PROBE, &[status.to_string()]).await;
+    assert_eq!(
+        out.trim(),
+        "200 403 403",
+        "from another host: /status, /, POST /reauthorize"
+    );
+    relay.shutdown().await;
+}

@@ -81,7 +81,7 @@ pub async fn serve(
 /// Actions change the queue or start a sign-in: only a local client may, and only from this
 /// page (a browser sends `Origin` with a cross-site POST; it must name this very host).
 pub fn action_allowed(peer: IpAddr, headers: &HeaderMap) -> bool {
-    if !peer.is_loopback() {
+    if !peer.to_canonical().is_loopback() {
         return false;
     }
     let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
@@ -349,7 +349,16 @@ async fn queue_action(
     }
 }
 
-async fn page(State(ctx): State<Ctx>) -> Response {
+/// The page lists senders and recipients, so it is shown to local clients only; `/status` and
+/// `/metrics` carry counts alone and may be scraped from elsewhere.
+async fn page(State(ctx): State<Ctx>, ConnectInfo(peer): ConnectInfo<SocketAddr>) -> Response {
+    if !peer.ip().to_canonical().is_loopback() {
+        return (
+            StatusCode::FORBIDDEN,
+            "the status page is shown on this host only; /status and /metrics are open\n",
+        )
+            .into_response();
+    }
     let spool = ctx.spool.clone();
     let (counts, records) =
         match blocking(move || Ok((spool.counts(SystemTime::now())?, spool.list_all()?))).await {
