@@ -22,7 +22,7 @@ async fn greeting_and_ehlo_advertise_the_extensions_and_nothing_unconfigured() {
     assert_eq!(
         c.cmd("EHLO client.test").await,
         "250-relay.test\n250-SIZE 36700160\n250-PIPELINING\n250-8BITMIME\n250-SMTPUTF8\n\
-         250 ENHANCEDSTATUSCODES"
+         250-CHUNKING\n250 ENHANCEDSTATUSCODES"
     );
     // Neither STARTTLS nor AUTH is offered or accepted without configuration.
     assert_eq!(
@@ -859,7 +859,7 @@ async fn data_timeout_gets_421_and_accepts_nothing() {
 }
 
 #[tokio::test]
-async fn bdat_is_not_offered_and_its_chunk_is_not_read_as_commands() {
+async fn bdat_out_of_sequence_drains_its_chunk_and_says_503() {
     let server = start(settings()).await;
     let mut c = Raw::ready(
         tokio::net::TcpStream::connect(server.addr)
@@ -867,10 +867,88 @@ async fn bdat_is_not_offered_and_its_chunk_is_not_read_as_commands() {
             .expect("connect"),
     )
     .await;
+    // No RCPT yet: the 12-byte chunk ("QUIT\r\nQUIT\r\n") must not be read as commands.
     assert_eq!(c.cmd("MAIL FROM:<a@x.test>").await, "250 2.1.0 Sender OK");
     c.send(b"BDAT 12 LAST\r\nQUIT\r\nQUIT\r\n").await;
-    assert_eq!(c.reply().await, "502 5.5.1 BDAT not implemented");
+    assert_eq!(c.reply().await, "503 5.5.1 Need RCPT command");
     assert_eq!(c.cmd("NOOP").await, "250 2.0.0 OK");
+    assert!(c.cmd("QUIT").await.starts_with("221"));
+    assert_eq!(server.sink.count(), 0);
+    server.stop().await;
+}
+
+/// RFC 3030 CHUNKING: raw chunks (no dot-stuffing, binary-safe), a reply per chunk, the
+/// message committed at LAST; `BDAT 0 LAST` ends a message; DATA cannot follow BDAT.
+#[tokio::test]
+async fn bdat_chunks_make_one_message_byte_for_byte() {
+    let server = start(settings()).await;
+    let mut c = Raw::ready(
+        tokio::net::TcpStream::connect(server.addr)
+            .await
+            .expect("connect"),
+    )
+    .await;
+    let part1 = b"Subject: chunked\r\n\r\n.leading dot stays\r\n";
+    let part2 = b"\x00\xffbinary\r\n.\r\n";
+    assert_eq!(c.cmd("MAIL FROM:<a@x.test>").await, "250 2.1.0 Sender OK");
+    assert!(c.cmd("RCPT TO:<b@y.test>").await.starts_with("250 2.1.5"));
+    // Pipelined: both chunks and the end in one write.
+    let mut batch = format!("BDAT {}\r\n", part1.len()).into_bytes();
+    batch.extend_from_slice(part1);
+    batch.extend_from_slice(format!("BDAT {}\r\n", part2.len()).as_bytes());
+    batch.extend_from_slice(part2);
+    batch.extend_from_slice(b"BDAT 0 LAST\r\n");
+    c.send(&batch).await;
+    assert_eq!(
+        c.reply().await,
+        format!("250 2.0.0 {} octets received", part1.len())
+    );
+    assert_eq!(
+        c.reply().await,
+        format!("250 2.0.0 {} octets received", part2.len())
+    );
+    assert!(c.reply().await.starts_with("250 2.0.0 Ok: queued as "));
+    let (envelope, bytes) = server.sink.messages().pop().expect("one message");
+    assert_eq!(envelope.rcpt_to, vec!["b@y.test".to_string()]);
+    assert_eq!(
+        bytes,
+        [&part1[..], &part2[..]].concat(),
+        "kept exactly as sent"
+    );
+
+    // A second transaction on the same connection: DATA after BDAT is out of order.
+    assert_eq!(c.cmd("MAIL FROM:<a@x.test>").await, "250 2.1.0 Sender OK");
+    assert!(c.cmd("RCPT TO:<b@y.test>").await.starts_with("250 2.1.5"));
+    c.send(b"BDAT 3\r\nabc").await;
+    assert_eq!(c.reply().await, "250 2.0.0 3 octets received");
+    assert_eq!(c.cmd("DATA").await, "503 5.5.1 DATA after BDAT");
+    assert!(c.cmd("QUIT").await.starts_with("221"));
+    assert_eq!(server.sink.count(), 1);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn bdat_over_the_size_limit_is_drained_and_refused_at_last() {
+    let mut s = settings();
+    s.max_message_bytes = 10;
+    let server = start(s).await;
+    let mut c = Raw::ready(
+        tokio::net::TcpStream::connect(server.addr)
+            .await
+            .expect("connect"),
+    )
+    .await;
+    assert_eq!(c.cmd("MAIL FROM:<a@x.test>").await, "250 2.1.0 Sender OK");
+    assert!(c.cmd("RCPT TO:<b@y.test>").await.starts_with("250 2.1.5"));
+    c.send(b"BDAT 8\r\n12345678").await;
+    assert_eq!(c.reply().await, "250 2.0.0 8 octets received");
+    c.send(b"BDAT 8 LAST\r\nQUIT\r\nab").await;
+    assert!(c.reply().await.starts_with("552 5.3.4"));
+    assert_eq!(
+        c.cmd("NOOP").await,
+        "250 2.0.0 OK",
+        "the chunk was not read as commands"
+    );
     assert_eq!(server.sink.count(), 0);
     server.stop().await;
 }
@@ -946,7 +1024,7 @@ print("quit", s.quit()[0])
     let out = support::python(script, &[server.addr.port().to_string()]).await;
     assert!(out.contains("ehlo 250"), "{out}");
     assert!(
-        out.contains("features 8bitmime,enhancedstatuscodes,pipelining,size,smtputf8"),
+        out.contains("features 8bitmime,chunking,enhancedstatuscodes,pipelining,size,smtputf8"),
         "{out}"
     );
     assert_eq!(out.matches("refused 0").count(), 2, "{out}");

@@ -19,7 +19,7 @@
 //!
 //! [`smtp_proto`] (Stalwart's sans-IO parser) gives us the command and ESMTP parameter parsing
 //! and a DATA receiver with the strict `<CRLF>.<CRLF>` end; this module adds the session state
-//! machine, limits, timeouts, TLS and AUTH on tokio.
+//! machine, BDAT chunking, limits, timeouts, TLS and AUTH on tokio.
 //!
 //! # Layout
 //! - [`server`]: accept loop, connection limit, shutdown (`serve`, `serve_implicit_tls`,

@@ -83,6 +83,10 @@ pub(crate) fn auth_ok() -> Reply {
 pub(crate) fn too_many_recipients() -> Reply {
     Reply::new(452, [4, 5, 3], "Too many recipients")
 }
+/// A BDAT chunk that is not the last one.
+pub(crate) fn chunk_received(size: usize) -> Reply {
+    Reply::new(250, [2, 0, 0], format!("{size} octets received"))
+}
 pub(crate) fn too_big() -> Reply {
     Reply::new(
         552,

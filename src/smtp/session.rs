@@ -126,11 +126,53 @@ struct State {
     auth_failures: usize,
 }
 
-/// One mail transaction, MAIL FROM to end of DATA.
+/// One mail transaction, MAIL FROM to end of DATA (or the last BDAT chunk).
 struct Transaction {
     mail_from: String,
     rcpt_to: Vec<String>,
     smtputf8: bool,
+    /// The message so far, once a BDAT chunk arrived.
+    chunks: Option<Body>,
+}
+
+/// A message being received, with its share of the DATA memory budget.
+#[derive(Default)]
+struct Body {
+    bytes: Vec<u8>,
+    reserved: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// Why the rest is being drained instead of kept.
+    refused: Option<Refusal>,
+}
+
+#[derive(Clone, Copy)]
+enum Refusal {
+    TooBig,
+    OutOfMemory,
+}
+
+impl Body {
+    /// Checks the size limit and the memory budget after bytes were added; once refused, the
+    /// bytes are dropped and the caller drains the rest.
+    fn check(&mut self, settings: &SmtpSettings) {
+        if self.refused.is_some() {
+            return;
+        }
+        if self.bytes.len() > settings.max_message_bytes {
+            self.refuse(Refusal::TooBig);
+        } else if !reserve_memory(
+            &settings.data_memory(),
+            &mut self.reserved,
+            self.bytes.len(),
+        ) {
+            self.refuse(Refusal::OutOfMemory);
+        }
+    }
+
+    fn refuse(&mut self, why: Refusal) {
+        self.refused = Some(why);
+        self.bytes = Vec::new();
+        self.reserved = None;
+    }
 }
 
 enum Outcome<S> {
@@ -324,7 +366,10 @@ impl Session<'_, '_> {
                 mechanism,
                 initial_response,
             } => self.auth(conn, mechanism, initial_response).await,
-            Request::Bdat { chunk_size, .. } => self.bdat(conn, chunk_size).await,
+            Request::Bdat {
+                chunk_size,
+                is_last,
+            } => self.bdat(conn, chunk_size, is_last).await,
             Request::Lhlo { .. } => self.protocol_error(conn, reply::not_implemented("LHLO")),
             Request::Expn { .. } => self.protocol_error(conn, reply::not_implemented("EXPN")),
             Request::Etrn { .. } => self.protocol_error(conn, reply::not_implemented("ETRN")),
@@ -352,6 +397,7 @@ impl Session<'_, '_> {
             "PIPELINING".to_string(),
             "8BITMIME".to_string(),
             "SMTPUTF8".to_string(),
+            "CHUNKING".to_string(),
         ];
         if self.starttls_offered() {
             lines.push("STARTTLS".to_string());
@@ -421,6 +467,7 @@ impl Session<'_, '_> {
             mail_from: from.address.into_owned(),
             rcpt_to: Vec::new(),
             smtputf8: from.flags & MAIL_SMTPUTF8 != 0,
+            chunks: None,
         });
         conn.reply(&reply::sender_ok());
         Flow::Continue
@@ -465,34 +512,27 @@ impl Session<'_, '_> {
             }
             Some(_) => {}
         }
+        if self.state.tx.as_ref().is_some_and(|tx| tx.chunks.is_some()) {
+            return self.protocol_error(conn, reply::bad_sequence("DATA after BDAT"));
+        }
         conn.reply(&reply::start_data());
         let settings = self.ctx.settings;
-        let max = settings.max_message_bytes;
         let mut receiver = data_receiver();
         let mut discard: Option<DummyDataReceiver> = None;
-        let mut body = Vec::new();
-        let budget = settings.data_memory();
-        let mut reserved: Option<tokio::sync::OwnedSemaphorePermit> = None;
-        let mut out_of_memory = false;
+        let mut body = Body::default();
         loop {
             let avail = conn.buffered();
             let mut bytes = avail.iter();
             let done = match discard.as_mut() {
                 Some(d) => d.ingest(&mut bytes),
-                None => receiver.ingest(&mut bytes, &mut body),
+                None => receiver.ingest(&mut bytes, &mut body.bytes),
             };
             let used = avail.len() - bytes.as_slice().len();
             conn.consume(used);
-            if discard.is_none() && body.len() > max {
-                // Over the limit: keep reading to the end of the data, keep nothing.
+            body.check(settings);
+            if discard.is_none() && body.refused.is_some() {
+                // Keep reading to the end of the data, keep nothing.
                 discard = Some(DummyDataReceiver::new_data(&receiver));
-                body = Vec::new();
-            }
-            if discard.is_none() && !reserve_memory(&budget, &mut reserved, body.len()) {
-                // Every session together holds too much already: drain this one, refuse it.
-                out_of_memory = true;
-                discard = Some(DummyDataReceiver::new_data(&receiver));
-                body = Vec::new();
             }
             if done {
                 break;
@@ -507,22 +547,39 @@ impl Session<'_, '_> {
                 return Flow::Close;
             }
         }
+        self.end_of_message(conn, body).await
+    }
+
+    /// The message is complete (end of DATA, or the last BDAT chunk): refuse it, or hand it to
+    /// the sink and answer with what the sink says.
+    async fn end_of_message<S>(&mut self, conn: &mut Conn<S>, body: Body) -> Flow
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
         let Some(tx) = self.state.tx.take() else {
             return Flow::Continue;
         };
-        if out_of_memory {
-            warn!(
-                budget = settings.data_memory_bytes,
-                "DATA memory budget exhausted; answered 452"
-            );
-            conn.reply(&reply::spool_full());
-            return Flow::Continue;
+        let settings = self.ctx.settings;
+        match body.refused {
+            Some(Refusal::OutOfMemory) => {
+                warn!(
+                    budget = settings.data_memory_bytes,
+                    "DATA memory budget exhausted; answered 452"
+                );
+                conn.reply(&reply::spool_full());
+                return Flow::Continue;
+            }
+            Some(Refusal::TooBig) => {
+                info!(
+                    limit = settings.max_message_bytes,
+                    "message over the size limit; refused"
+                );
+                conn.reply(&reply::too_big());
+                return Flow::Continue;
+            }
+            None => {}
         }
-        if discard.is_some() {
-            info!(limit = max, "message over the size limit; refused");
-            conn.reply(&reply::too_big());
-            return Flow::Continue;
-        }
+        let body = body.bytes;
         if let Some((user, mailbox)) = self.mapped_mailbox()
             && !from_header_is(&body, &tx.mail_from, mailbox)
         {
@@ -562,32 +619,61 @@ impl Session<'_, '_> {
         Flow::Continue
     }
 
-    /// BDAT is not advertised; a client that sends it anyway gets its chunk skipped (so the
-    /// chunk is never read as commands) and a 502.
-    async fn bdat<S>(&mut self, conn: &mut Conn<S>, chunk_size: usize) -> Flow
+    /// BDAT (RFC 3030 CHUNKING): exactly `chunk_size` bytes follow the command, with no
+    /// dot-stuffing and no end marker; the chunk is always read (so it is never taken for
+    /// commands), even when the transaction is refused.
+    async fn bdat<S>(&mut self, conn: &mut Conn<S>, chunk_size: usize, is_last: bool) -> Flow
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        let mut skip = DummyDataReceiver::new_bdat(chunk_size);
+        let ready = match &self.state.tx {
+            None => Err(reply::bad_sequence("Need MAIL command")),
+            Some(tx) if tx.rcpt_to.is_empty() => Err(reply::bad_sequence("Need RCPT command")),
+            Some(_) => Ok(()),
+        };
+        let settings = self.ctx.settings;
+        let mut body = match (&ready, self.state.tx.as_mut()) {
+            (Ok(()), Some(tx)) => tx.chunks.take().unwrap_or_default(),
+            // Out of sequence: the chunk is drained (kept nowhere) and refused below.
+            _ => Body {
+                refused: Some(Refusal::TooBig),
+                ..Body::default()
+            },
+        };
+        let mut left = chunk_size;
         loop {
             let avail = conn.buffered();
-            let mut bytes = avail.iter();
-            let done = skip.ingest(&mut bytes);
-            let used = avail.len() - bytes.as_slice().len();
-            conn.consume(used);
-            if done {
+            let take = avail.len().min(left);
+            if body.refused.is_none() {
+                body.bytes.extend_from_slice(&avail[..take]);
+            }
+            conn.consume(take);
+            left -= take;
+            body.check(settings);
+            if left == 0 {
                 break;
             }
-            if let Err(e) = conn
-                .fill(self.ctx.settings.data_timeout, self.stop_token())
-                .await
-            {
-                self.read_ended(conn, e).await;
+            if let Err(e) = conn.fill(settings.data_timeout, &self.ctx.stop.hard).await {
+                self.state.tx = None;
+                if e == ReadError::Closed {
+                    info!("client went away during BDAT; nothing accepted");
+                } else {
+                    self.read_ended(conn, e).await;
+                }
                 return Flow::Close;
             }
         }
-        self.state.tx = None;
-        self.protocol_error(conn, reply::not_implemented("BDAT"))
+        if let Err(reply) = ready {
+            return self.protocol_error(conn, reply);
+        }
+        if is_last {
+            return self.end_of_message(conn, body).await;
+        }
+        if let Some(tx) = self.state.tx.as_mut() {
+            tx.chunks = Some(body);
+        }
+        conn.reply(&reply::chunk_received(chunk_size));
+        Flow::Continue
     }
 
     fn starttls<S>(&mut self, conn: &mut Conn<S>) -> Flow
