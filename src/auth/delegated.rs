@@ -180,12 +180,8 @@ impl TokenSource for Delegated {
         }
     }
 
-    fn status(&self) -> TokenStatus {
-        self.status.get()
-    }
-
-    fn subscribe(&self) -> tokio::sync::watch::Receiver<TokenStatus> {
-        self.status.subscribe()
+    fn status_cell(&self) -> &StatusCell {
+        &self.status
     }
 
     fn rejected(&self, reason: &str) {

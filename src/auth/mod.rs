@@ -113,9 +113,15 @@ pub trait TokenSource: Send + Sync + 'static {
     async fn token(&self) -> Result<AccessToken, TokenError>;
     /// Graph refused `token` (401): forget it so the next `token()` fetches a new one.
     fn invalidate(&self, token: &AccessToken);
-    fn status(&self) -> TokenStatus;
+    /// Where this source keeps its state.
+    fn status_cell(&self) -> &StatusCell;
+    fn status(&self) -> TokenStatus {
+        self.status_cell().get()
+    }
     /// Every change of `status()`.
-    fn subscribe(&self) -> watch::Receiver<TokenStatus>;
+    fn subscribe(&self) -> watch::Receiver<TokenStatus> {
+        self.status_cell().subscribe()
+    }
     /// Graph refused even a freshly issued token: the grant is dead although the token
     /// endpoint still answers. Moves the state to `reauth_required` with `reason`.
     fn rejected(&self, reason: &str);
@@ -150,11 +156,8 @@ impl TokenSource for NoCredentials {
         Err(TokenError::Missing(self.reason.clone()))
     }
     fn invalidate(&self, _token: &AccessToken) {}
-    fn status(&self) -> TokenStatus {
-        self.status.get()
-    }
-    fn subscribe(&self) -> watch::Receiver<TokenStatus> {
-        self.status.subscribe()
+    fn status_cell(&self) -> &StatusCell {
+        &self.status
     }
     fn rejected(&self, _reason: &str) {}
 }
@@ -257,11 +260,8 @@ impl TokenSource for Tokens {
     fn invalidate(&self, token: &AccessToken) {
         self.current().invalidate(token);
     }
-    fn status(&self) -> TokenStatus {
-        self.status.get()
-    }
-    fn subscribe(&self) -> watch::Receiver<TokenStatus> {
-        self.status.subscribe()
+    fn status_cell(&self) -> &StatusCell {
+        &self.status
     }
     fn rejected(&self, reason: &str) {
         let inner = self.current();

@@ -631,11 +631,8 @@ mod tests {
             Err(crate::auth::TokenError::Reauth("AADSTS700082".into()))
         }
         fn invalidate(&self, _: &crate::auth::AccessToken) {}
-        fn status(&self) -> crate::auth::TokenStatus {
-            self.status.get()
-        }
-        fn subscribe(&self) -> tokio::sync::watch::Receiver<crate::auth::TokenStatus> {
-            self.status.subscribe()
+        fn status_cell(&self) -> &crate::auth::StatusCell {
+            &self.status
         }
         fn rejected(&self, _: &str) {}
     }

@@ -538,16 +538,25 @@ impl Session<'_, '_> {
                 break;
             }
             if let Err(e) = conn.fill(settings.data_timeout, &self.ctx.stop.hard).await {
-                self.state.tx = None;
-                if e == ReadError::Closed {
-                    info!("client went away during DATA; nothing accepted");
-                } else {
-                    self.read_ended(conn, e).await;
-                }
-                return Flow::Close;
+                return self.message_cut_off(conn, e, "DATA").await;
             }
         }
         self.end_of_message(conn, body).await
+    }
+
+    /// Reading a message failed part way (timeout, shutdown, or the client left): nothing of it
+    /// is accepted and the connection ends.
+    async fn message_cut_off<S>(&mut self, conn: &mut Conn<S>, e: ReadError, command: &str) -> Flow
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        self.state.tx = None;
+        if e == ReadError::Closed {
+            info!("client went away during {command}; nothing accepted");
+        } else {
+            self.read_ended(conn, e).await;
+        }
+        Flow::Close
     }
 
     /// The message is complete (end of DATA, or the last BDAT chunk): refuse it, or hand it to
@@ -654,13 +663,7 @@ impl Session<'_, '_> {
                 break;
             }
             if let Err(e) = conn.fill(settings.data_timeout, &self.ctx.stop.hard).await {
-                self.state.tx = None;
-                if e == ReadError::Closed {
-                    info!("client went away during BDAT; nothing accepted");
-                } else {
-                    self.read_ended(conn, e).await;
-                }
-                return Flow::Close;
+                return self.message_cut_off(conn, e, "BDAT").await;
             }
         }
         if let Err(reply) = ready {
