@@ -246,6 +246,14 @@ pub async fn start(config: Config, opts: StartOptions) -> Result<Running, AppErr
         reauth_action(&config),
         shutdown.clone(),
     ));
+    if !opts.dry_run {
+        // Ask for a token now, so a wrong or expired credential shows on /status and raises its
+        // notice at start-up, not at the first message.
+        let tokens = tokens.clone();
+        tasks.spawn(async move {
+            let _ = tokens.token().await;
+        });
+    }
     let status = tokens.status();
     info!(
         smtp = ?smtp_addrs,

@@ -359,3 +359,25 @@ async fn certificate_credentials_deliver_with_ps256_and_rs256() {
         relay.shutdown().await;
     }
 }
+
+/// A wrong secret shows at start-up, before any mail: the relay asks for a token at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_secret_shows_on_status_before_any_mail() {
+    let ms = FakeMicrosoft::start().await;
+    ms.set_token_failure(Some(TokenFailure::InvalidSecret));
+    let relay = TestRelay::start(&ms, RelayOptions::default()).await;
+    let deadline = Instant::now() + WAIT;
+    let status = loop {
+        let status = relay.status_json().await;
+        if status["token"]["state"] == "reauth_required" {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "state never changed: {status}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    };
+    let reason = status["token"]["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("AADSTS7000215"), "{reason}");
+    assert_eq!(status["queue"]["pending"], 0);
+    assert_eq!(ms.token_requests(), 1);
+    relay.shutdown().await;
+}

@@ -210,8 +210,9 @@ impl Case {
             "{notice}"
         );
         let pending = notice["queue_pending"].as_u64().unwrap();
+        // A credential already dead at start-up is reported before any mail arrives.
         assert!(
-            (1..=5).contains(&pending),
+            (0..=5).contains(&pending),
             "queue_pending when the state changed: {notice}"
         );
         assert!(
