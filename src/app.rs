@@ -25,6 +25,9 @@ use crate::spool::{Envelope, QueueId, Spool, SpoolError, WriteHook};
 use crate::status::Counters;
 use crate::status::http::{self as status_http, StatusContext};
 
+/// How often the relay renews its sign-in even when no mail flows.
+const KEEP_SIGNED_IN: Duration = Duration::from_secs(12 * 3600);
+
 /// How long shutdown waits for SMTP sessions and in-flight deliveries.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
@@ -247,12 +250,11 @@ pub async fn start(config: Config, opts: StartOptions) -> Result<Running, AppErr
         shutdown.clone(),
     ));
     if !opts.dry_run {
-        // Ask for a token now, so a wrong or expired credential shows on /status and raises its
-        // notice at start-up, not at the first message.
-        let tokens = tokens.clone();
-        tasks.spawn(async move {
-            let _ = tokens.token().await;
-        });
+        tasks.spawn(keep_signed_in(
+            tokens.clone(),
+            KEEP_SIGNED_IN,
+            shutdown.clone(),
+        ));
     }
     let status = tokens.status();
     info!(
@@ -278,6 +280,24 @@ pub async fn start(config: Config, opts: StartOptions) -> Result<Running, AppErr
         tasks,
         waker,
     })
+}
+
+/// Asks for a token at start-up, so a wrong or expired credential shows on /status and raises
+/// its notice before the first message, and again every `every`: a delegated sign-in is then
+/// refreshed (rotating its refresh token) even on a relay that sends nothing for months, so
+/// Entra's 90-day inactivity limit never ends it, and an expiring app secret is noticed early.
+async fn keep_signed_in(
+    tokens: Arc<dyn TokenSource>,
+    every: Duration,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let _ = tokens.token().await;
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+    }
 }
 
 /// What a person must do to get out of `reauth_required`, for notices and the status page.
@@ -450,5 +470,59 @@ impl MessageSink for Ingest {
                 Err(AcceptError::Unavailable(e.to_string()))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::{AccessToken, StatusCell, TokenError, TokenState, TokenStatus};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    struct Counting {
+        asked: AtomicUsize,
+        status: StatusCell,
+    }
+
+    #[async_trait]
+    impl TokenSource for Counting {
+        async fn token(&self) -> Result<AccessToken, TokenError> {
+            self.asked.fetch_add(1, Ordering::SeqCst);
+            Err(TokenError::transient("test", None))
+        }
+        fn invalidate(&self, _: &AccessToken) {}
+        fn status_cell(&self) -> &StatusCell {
+            &self.status
+        }
+        fn rejected(&self, _: &str) {}
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_sign_in_is_renewed_at_start_and_every_twelve_hours() {
+        let source = Arc::new(Counting {
+            asked: AtomicUsize::new(0),
+            status: StatusCell::new(TokenStatus {
+                state: TokenState::Valid,
+                reason: String::new(),
+                expires_at: None,
+            }),
+        });
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(keep_signed_in(
+            source.clone(),
+            KEEP_SIGNED_IN,
+            shutdown.clone(),
+        ));
+        let asked = || source.asked.load(Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(asked(), 1, "asked at start-up");
+        tokio::time::sleep(KEEP_SIGNED_IN - Duration::from_secs(2)).await;
+        assert_eq!(asked(), 1, "not before twelve hours");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(asked(), 2);
+        tokio::time::sleep(KEEP_SIGNED_IN * 3).await;
+        assert_eq!(asked(), 5);
+        shutdown.cancel();
+        task.await.unwrap();
     }
 }
