@@ -5,10 +5,10 @@
 //! From header → 550 5.7.1), end to end with the fake Graph showing the mailbox used.
 
 mod common;
-#[path = "smtp_support/mod.rs"]
-mod smtp_support;
 #[path = "front_door_support/mod.rs"]
 mod support;
+
+use support::smtp_support;
 
 use std::sync::Arc;
 use std::time::Duration;

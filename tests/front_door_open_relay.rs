@@ -9,10 +9,10 @@
 //!   after STARTTLS it works and the mail reaches Graph.
 
 mod common;
-#[path = "smtp_support/mod.rs"]
-mod smtp_support;
 #[path = "front_door_support/mod.rs"]
 mod support;
+
+use support::smtp_support;
 
 use std::net::{IpAddr, SocketAddr};
 use std::process::Command;
