@@ -291,12 +291,7 @@ where
 #[tokio::test]
 async fn a_user_with_a_mailbox_may_send_only_as_that_mailbox() {
     let server = smtp_support::start(mapped_settings()).await;
-    let mut c = Raw::ready(
-        tokio::net::TcpStream::connect(server.addr)
-            .await
-            .expect("connect"),
-    )
-    .await;
+    let mut c = server.client().await;
     // Before AUTH nothing is restricted (require_auth is off here).
     assert!(
         c.cmd("MAIL FROM:<anyone@else.test>")
@@ -345,12 +340,7 @@ async fn a_user_with_a_mailbox_may_send_only_as_that_mailbox() {
     c.cmd("QUIT").await;
 
     // A hashed user with a mailbox, and an unrestricted user.
-    let mut c = Raw::ready(
-        tokio::net::TcpStream::connect(server.addr)
-            .await
-            .expect("connect"),
-    )
-    .await;
+    let mut c = server.client().await;
     let auth = format!("AUTH PLAIN {}", b64(b"\0hashed\0s3cret"));
     assert!(c.cmd(&auth).await.starts_with("235"));
     assert!(
@@ -369,12 +359,7 @@ async fn a_user_with_a_mailbox_may_send_only_as_that_mailbox() {
             .starts_with("250")
     );
     c.cmd("QUIT").await;
-    let mut c = Raw::ready(
-        tokio::net::TcpStream::connect(server.addr)
-            .await
-            .expect("connect"),
-    )
-    .await;
+    let mut c = server.client().await;
     let auth = format!("AUTH PLAIN {}", b64(b"\0free\0s3cret"));
     assert!(c.cmd(&auth).await.starts_with("235"));
     assert!(

@@ -54,35 +54,20 @@ async fn auth_plain_on_loopback_and_the_user_is_recorded() {
 #[tokio::test]
 async fn auth_plain_with_a_challenge_and_auth_login() {
     let server = start(with_users()).await;
-    let mut c = Raw::ready(
-        tokio::net::TcpStream::connect(server.addr)
-            .await
-            .expect("connect"),
-    )
-    .await;
+    let mut c = server.client().await;
     assert_eq!(c.cmd("AUTH PLAIN").await, "334 ");
     assert_eq!(
         c.cmd(&b64(b"wp\0wp\0s3cret")).await,
         "235 2.7.0 Authentication successful"
     );
-    let mut c = Raw::ready(
-        tokio::net::TcpStream::connect(server.addr)
-            .await
-            .expect("connect"),
-    )
-    .await;
+    let mut c = server.client().await;
     assert_eq!(c.cmd("AUTH LOGIN").await, "334 VXNlcm5hbWU6");
     assert_eq!(c.cmd(&b64(b"wp")).await, "334 UGFzc3dvcmQ6");
     assert_eq!(
         c.cmd(&b64(b"s3cret")).await,
         "235 2.7.0 Authentication successful"
     );
-    let mut c = Raw::ready(
-        tokio::net::TcpStream::connect(server.addr)
-            .await
-            .expect("connect"),
-    )
-    .await;
+    let mut c = server.client().await;
     assert_eq!(
         c.cmd(&format!("AUTH LOGIN {}", b64(b"wp"))).await,
         "334 UGFzc3dvcmQ6"
@@ -97,12 +82,7 @@ async fn auth_plain_with_a_challenge_and_auth_login() {
 #[tokio::test]
 async fn auth_failures_cancel_and_the_failure_limit() {
     let server = start(with_users()).await;
-    let mut c = Raw::ready(
-        tokio::net::TcpStream::connect(server.addr)
-            .await
-            .expect("connect"),
-    )
-    .await;
+    let mut c = server.client().await;
     assert_eq!(
         c.cmd("AUTH CRAM-MD5").await,
         "504 5.5.4 Unrecognized authentication type"
@@ -146,12 +126,7 @@ async fn require_auth_refuses_mail_until_authenticated() {
     let mut s = with_users();
     s.require_auth = true;
     let server = start(s).await;
-    let mut c = Raw::ready(
-        tokio::net::TcpStream::connect(server.addr)
-            .await
-            .expect("connect"),
-    )
-    .await;
+    let mut c = server.client().await;
     assert_eq!(
         c.cmd("MAIL FROM:<a@x.test>").await,
         "530 5.7.0 Authentication required"

@@ -60,12 +60,7 @@ async fn helo_gets_a_plain_250_and_mail_works_after_it() {
 #[tokio::test]
 async fn a_transaction_records_envelope_and_exact_unstuffed_bytes() {
     let server = start(settings()).await;
-    let mut c = Raw::ready(
-        tokio::net::TcpStream::connect(server.addr)
-            .await
-            .expect("connect"),
-    )
-    .await;
+    let mut c = server.client().await;
     assert_eq!(
         c.cmd("MAIL FROM:<sender@x.test>").await,
         "250 2.1.0 Sender OK"
@@ -110,12 +105,7 @@ async fn a_transaction_records_envelope_and_exact_unstuffed_bytes() {
 #[tokio::test]
 async fn rset_noop_vrfy_help_and_quit() {
     let server = start(settings()).await;
-    let mut c = Raw::ready(
-        tokio::net::TcpStream::connect(server.addr)
-            .await
-            .expect("connect"),
-    )
-    .await;
+    let mut c = server.client().await;
     assert_eq!(c.cmd("NOOP").await, "250 2.0.0 OK");
     assert_eq!(
         c.cmd("VRFY someone").await,
@@ -145,12 +135,7 @@ async fn rset_noop_vrfy_help_and_quit() {
 #[tokio::test]
 async fn many_messages_on_one_connection() {
     let server = start(settings()).await;
-    let mut c = Raw::ready(
-        tokio::net::TcpStream::connect(server.addr)
-            .await
-            .expect("connect"),
-    )
-    .await;
+    let mut c = server.client().await;
     for i in 0..5 {
         let r = c
             .send_mail(
@@ -174,12 +159,7 @@ async fn many_messages_on_one_connection() {
 #[tokio::test]
 async fn mailin_defect_null_sender_is_accepted() {
     let server = start(settings()).await;
-    let mut c = Raw::ready(
-        tokio::net::TcpStream::connect(server.addr)
-            .await
-            .expect("connect"),
-    )
-    .await;
+    let mut c = server.client().await;
     assert_eq!(c.cmd("MAIL FROM:<>").await, "250 2.1.0 Sender OK");
     assert_eq!(c.cmd("RCPT TO:<r@y.test>").await, "250 2.1.5 Recipient OK");
     assert_eq!(c.cmd("DATA").await.get(..3), Some("354"));
@@ -193,12 +173,7 @@ async fn mailin_defect_null_sender_is_accepted() {
 #[tokio::test]
 async fn mailin_defect_space_before_the_address_is_accepted() {
     let server = start(settings()).await;
-    let mut c = Raw::ready(
-        tokio::net::TcpStream::connect(server.addr)
-            .await
-            .expect("connect"),
-    )
-    .await;
+    let mut c = server.client().await;
     assert_eq!(c.cmd("MAIL FROM: <a@x.test>").await, "250 2.1.0 Sender OK");
     assert_eq!(c.cmd("RCPT TO: <r@y.test>").await, "250 2.1.5 Recipient OK");
     c.cmd("DATA").await;
@@ -255,12 +230,7 @@ async fn mailin_defect_size_limit_is_enforced_after_reading_all_data() {
     let mut s = settings();
     s.max_message_bytes = 1000;
     let server = start(s).await;
-    let mut c = Raw::ready(
-        tokio::net::TcpStream::connect(server.addr)
-            .await
-            .expect("connect"),
-    )
-    .await;
+    let mut c = server.client().await;
     assert_eq!(c.cmd("MAIL FROM:<a@x.test>").await, "250 2.1.0 Sender OK");
     assert_eq!(c.cmd("RCPT TO:<r@y.test>").await, "250 2.1.5 Recipient OK");
     assert!(c.cmd("DATA").await.starts_with("354 "));
@@ -288,12 +258,7 @@ async fn mailin_defect_size_limit_is_enforced_after_reading_all_data() {
 #[tokio::test]
 async fn mailin_defect_bare_lf_dot_does_not_end_data() {
     let server = start(settings()).await;
-    let mut c = Raw::ready(
-        tokio::net::TcpStream::connect(server.addr)
-            .await
-            .expect("connect"),
-    )
-    .await;
+    let mut c = server.client().await;
     assert_eq!(c.cmd("MAIL FROM:<a@x.test>").await, "250 2.1.0 Sender OK");
     assert_eq!(c.cmd("RCPT TO:<r@y.test>").await, "250 2.1.5 Recipient OK");
     assert!(c.cmd("DATA").await.starts_with("354 "));
@@ -324,12 +289,7 @@ async fn mailin_defect_bare_lf_dot_does_not_end_data() {
 #[tokio::test]
 async fn mailin_defect_stuck_after_4xx_5xx_at_data_end() {
     let server = start(settings()).await;
-    let mut c = Raw::ready(
-        tokio::net::TcpStream::connect(server.addr)
-            .await
-            .expect("connect"),
-    )
-    .await;
+    let mut c = server.client().await;
     let cases = [
         (
             AcceptError::Unavailable("disk on fire".into()),
@@ -379,18 +339,8 @@ async fn mailin_defect_shutdown_is_graceful() {
     let mut s = settings();
     s.shutdown_grace = WAIT;
     let server = start(s).await;
-    let mut idle = Raw::ready(
-        tokio::net::TcpStream::connect(server.addr)
-            .await
-            .expect("connect"),
-    )
-    .await;
-    let mut busy = Raw::ready(
-        tokio::net::TcpStream::connect(server.addr)
-            .await
-            .expect("connect"),
-    )
-    .await;
+    let mut idle = server.client().await;
+    let mut busy = server.client().await;
     assert_eq!(
         busy.cmd("MAIL FROM:<a@x.test>").await,
         "250 2.1.0 Sender OK"
@@ -430,12 +380,7 @@ async fn shutdown_grace_period_ends_unfinished_transactions() {
     let mut s = settings();
     s.shutdown_grace = Duration::from_millis(50);
     let server = start(s).await;
-    let mut c = Raw::ready(
-        tokio::net::TcpStream::connect(server.addr)
-            .await
-            .expect("connect"),
-    )
-    .await;
+    let mut c = server.client().await;
     assert_eq!(c.cmd("MAIL FROM:<a@x.test>").await, "250 2.1.0 Sender OK");
     assert_eq!(c.cmd("RCPT TO:<r@y.test>").await, "250 2.1.5 Recipient OK");
     assert!(c.cmd("DATA").await.starts_with("354 "));
@@ -454,12 +399,7 @@ async fn shutdown_grace_period_ends_unfinished_transactions() {
 #[tokio::test]
 async fn an_empty_message_and_a_dot_stuffed_first_line() {
     let server = start(settings()).await;
-    let mut c = Raw::ready(
-        tokio::net::TcpStream::connect(server.addr)
-            .await
-            .expect("connect"),
-    )
-    .await;
+    let mut c = server.client().await;
     // The terminating dot right after the 354.
     let r = c.send_mail("a@x.test", &["r@y.test"], "").await;
     assert!(r.starts_with("250 2.0.0 Ok: queued as "), "{r}");
@@ -474,12 +414,7 @@ async fn an_empty_message_and_a_dot_stuffed_first_line() {
 #[tokio::test]
 async fn eight_bit_data_is_accepted_without_body_8bitmime() {
     let server = start(settings()).await;
-    let mut c = Raw::ready(
-        tokio::net::TcpStream::connect(server.addr)
-            .await
-            .expect("connect"),
-    )
-    .await;
+    let mut c = server.client().await;
     assert_eq!(c.cmd("MAIL FROM:<a@x.test>").await, "250 2.1.0 Sender OK");
     assert_eq!(c.cmd("RCPT TO:<r@y.test>").await, "250 2.1.5 Recipient OK");
     c.cmd("DATA").await;
@@ -494,12 +429,7 @@ async fn eight_bit_data_is_accepted_without_body_8bitmime() {
 #[tokio::test]
 async fn smtputf8_is_accepted_and_recorded() {
     let server = start(settings()).await;
-    let mut c = Raw::ready(
-        tokio::net::TcpStream::connect(server.addr)
-            .await
-            .expect("connect"),
-    )
-    .await;
+    let mut c = server.client().await;
     assert_eq!(
         c.cmd("MAIL FROM:<jörg@exämple.test> SMTPUTF8 BODY=8BITMIME")
             .await,
@@ -601,12 +531,7 @@ async fn out_of_order_commands_get_503() {
 #[tokio::test]
 async fn bad_addresses_and_unknown_commands() {
     let server = start(settings()).await;
-    let mut c = Raw::ready(
-        tokio::net::TcpStream::connect(server.addr)
-            .await
-            .expect("connect"),
-    )
-    .await;
+    let mut c = server.client().await;
     assert_eq!(c.cmd("FROBNICATE").await, "500 5.5.1 Unknown command");
     assert_eq!(c.cmd("").await, "500 5.5.1 Unknown command");
     assert_eq!(c.cmd("EXPN list").await, "502 5.5.1 EXPN not implemented");
@@ -635,12 +560,7 @@ async fn too_many_errors_close_the_connection() {
     let mut s = settings();
     s.max_errors = 3;
     let server = start(s).await;
-    let mut c = Raw::ready(
-        tokio::net::TcpStream::connect(server.addr)
-            .await
-            .expect("connect"),
-    )
-    .await;
+    let mut c = server.client().await;
     for _ in 0..3 {
         assert_eq!(c.cmd("BOGUS").await, "500 5.5.1 Unknown command");
     }
@@ -655,12 +575,7 @@ async fn too_many_errors_close_the_connection() {
 #[tokio::test]
 async fn an_overlong_line_gets_500_and_the_session_goes_on() {
     let server = start(settings()).await;
-    let mut c = Raw::ready(
-        tokio::net::TcpStream::connect(server.addr)
-            .await
-            .expect("connect"),
-    )
-    .await;
+    let mut c = server.client().await;
     // The reply comes before the line ends: the client is not kept waiting.
     c.send(format!("MAIL FROM:<{}@x.test>", "a".repeat(5000)).as_bytes())
         .await;
@@ -682,12 +597,7 @@ async fn max_recipients_gets_452_and_the_rest_is_delivered() {
     let mut s = settings();
     s.max_recipients = 2;
     let server = start(s).await;
-    let mut c = Raw::ready(
-        tokio::net::TcpStream::connect(server.addr)
-            .await
-            .expect("connect"),
-    )
-    .await;
+    let mut c = server.client().await;
     assert_eq!(c.cmd("MAIL FROM:<a@x.test>").await, "250 2.1.0 Sender OK");
     assert_eq!(c.cmd("RCPT TO:<r1@y.test>").await, "250 2.1.5 Recipient OK");
     assert_eq!(c.cmd("RCPT TO:<r2@y.test>").await, "250 2.1.5 Recipient OK");
@@ -711,24 +621,14 @@ async fn max_recipients_gets_452_and_the_rest_is_delivered() {
 async fn client_disconnect_mid_data_accepts_nothing() {
     let server = start(settings()).await;
     {
-        let mut c = Raw::ready(
-            tokio::net::TcpStream::connect(server.addr)
-                .await
-                .expect("connect"),
-        )
-        .await;
+        let mut c = server.client().await;
         assert_eq!(c.cmd("MAIL FROM:<a@x.test>").await, "250 2.1.0 Sender OK");
         assert_eq!(c.cmd("RCPT TO:<r@y.test>").await, "250 2.1.5 Recipient OK");
         assert!(c.cmd("DATA").await.starts_with("354 "));
         c.send(b"Subject: cut\r\n\r\nhalf a mess").await;
         // Dropped here: the connection closes mid-DATA.
     }
-    let mut c = Raw::ready(
-        tokio::net::TcpStream::connect(server.addr)
-            .await
-            .expect("connect"),
-    )
-    .await;
+    let mut c = server.client().await;
     let r = c
         .send_mail("b@x.test", &["r@y.test"], "\r\nwhole\r\n")
         .await;
@@ -839,12 +739,7 @@ async fn data_timeout_gets_421_and_accepts_nothing() {
     let mut s = settings();
     s.data_timeout = Duration::from_millis(200);
     let server = start(s).await;
-    let mut c = Raw::ready(
-        tokio::net::TcpStream::connect(server.addr)
-            .await
-            .expect("connect"),
-    )
-    .await;
+    let mut c = server.client().await;
     assert_eq!(c.cmd("MAIL FROM:<a@x.test>").await, "250 2.1.0 Sender OK");
     assert_eq!(c.cmd("RCPT TO:<r@y.test>").await, "250 2.1.5 Recipient OK");
     assert!(c.cmd("DATA").await.starts_with("354 "));
@@ -861,12 +756,7 @@ async fn data_timeout_gets_421_and_accepts_nothing() {
 #[tokio::test]
 async fn bdat_out_of_sequence_drains_its_chunk_and_says_503() {
     let server = start(settings()).await;
-    let mut c = Raw::ready(
-        tokio::net::TcpStream::connect(server.addr)
-            .await
-            .expect("connect"),
-    )
-    .await;
+    let mut c = server.client().await;
     // No RCPT yet: the 12-byte chunk ("QUIT\r\nQUIT\r\n") must not be read as commands.
     assert_eq!(c.cmd("MAIL FROM:<a@x.test>").await, "250 2.1.0 Sender OK");
     c.send(b"BDAT 12 LAST\r\nQUIT\r\nQUIT\r\n").await;
@@ -882,12 +772,7 @@ async fn bdat_out_of_sequence_drains_its_chunk_and_says_503() {
 #[tokio::test]
 async fn bdat_chunks_make_one_message_byte_for_byte() {
     let server = start(settings()).await;
-    let mut c = Raw::ready(
-        tokio::net::TcpStream::connect(server.addr)
-            .await
-            .expect("connect"),
-    )
-    .await;
+    let mut c = server.client().await;
     let part1 = b"Subject: chunked\r\n\r\n.leading dot stays\r\n";
     let part2 = b"\x00\xffbinary\r\n.\r\n";
     assert_eq!(c.cmd("MAIL FROM:<a@x.test>").await, "250 2.1.0 Sender OK");
@@ -932,12 +817,7 @@ async fn bdat_over_the_size_limit_is_drained_and_refused_at_last() {
     let mut s = settings();
     s.max_message_bytes = 10;
     let server = start(s).await;
-    let mut c = Raw::ready(
-        tokio::net::TcpStream::connect(server.addr)
-            .await
-            .expect("connect"),
-    )
-    .await;
+    let mut c = server.client().await;
     assert_eq!(c.cmd("MAIL FROM:<a@x.test>").await, "250 2.1.0 Sender OK");
     assert!(c.cmd("RCPT TO:<b@y.test>").await.starts_with("250 2.1.5"));
     c.send(b"BDAT 8\r\n12345678").await;

@@ -55,12 +55,7 @@ async fn starttls_upgrades_and_resets_the_session() {
 #[tokio::test]
 async fn plaintext_pipelined_after_starttls_is_dropped() {
     let server = start(tls_settings()).await;
-    let mut c = Raw::ready(
-        tokio::net::TcpStream::connect(server.addr)
-            .await
-            .expect("connect"),
-    )
-    .await;
+    let mut c = server.client().await;
     c.send(b"STARTTLS\r\nMAIL FROM:<injected@x.test>\r\n").await;
     assert_eq!(c.reply().await, "220 2.0.0 Ready to start TLS");
     let mut c = Raw::new(tls_connect(c.into_inner()).await);
@@ -130,12 +125,7 @@ async fn implicit_tls_serves_smtp_inside_tls_from_the_first_byte() {
 #[tokio::test]
 async fn a_failed_handshake_closes_only_that_connection() {
     let server = start(tls_settings()).await;
-    let mut c = Raw::ready(
-        tokio::net::TcpStream::connect(server.addr)
-            .await
-            .expect("connect"),
-    )
-    .await;
+    let mut c = server.client().await;
     assert!(c.cmd("STARTTLS").await.starts_with("220 "));
     let mut stream = c.into_inner();
     stream
@@ -157,12 +147,7 @@ async fn a_failed_handshake_closes_only_that_connection() {
     assert!(!String::from_utf8_lossy(&rest).contains("220 relay.test"));
     implicit.stop().await;
     // The server goes on serving.
-    let mut c = Raw::ready(
-        tokio::net::TcpStream::connect(server.addr)
-            .await
-            .expect("connect"),
-    )
-    .await;
+    let mut c = server.client().await;
     assert_eq!(c.cmd("NOOP").await, "250 2.0.0 OK");
     server.stop().await;
 }

@@ -112,6 +112,11 @@ pub struct TestServer {
 }
 
 impl TestServer {
+    /// A client connected to this server, greeted and past EHLO.
+    pub async fn client(&self) -> Raw<TcpStream> {
+        Raw::ready(TcpStream::connect(self.addr).await.expect("connect")).await
+    }
+
     /// Cancels and waits for `serve` to return.
     pub async fn stop(self) {
         self.shutdown.cancel();
