@@ -460,3 +460,46 @@ async fn an_upload_failure_deletes_the_draft_before_the_retry() {
     );
     relay.shutdown().await;
 }
+
+/// `graph-relay send-test` (WP Mail SMTP's "Email Test", from the command line): 250, exit 0,
+/// and the test message reaches Graph; a refusal exits 1 with the server's reply.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_test_sends_through_the_running_relay() {
+    let ms = FakeMicrosoft::start().await;
+    let relay = TestRelay::start(&ms, RelayOptions::default()).await;
+    let run = |to: &'static str, server: String| {
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_graph-relay"))
+                .args([
+                    "send-test",
+                    "--to",
+                    to,
+                    "--from",
+                    "relay@contoso.test",
+                    "--server",
+                    &server,
+                ])
+                .output()
+                .expect("the binary runs")
+        })
+    };
+    let out = run("alice@example.org", relay.smtp.to_string())
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(stdout.starts_with("250 2.0.0 Ok: queued as "), "{stdout}");
+    let sent = ms.wait_for_sent(1, WAIT).await;
+    assert_eq!(
+        sent[0].subject().as_deref(),
+        Some("graph-relay test message")
+    );
+    assert_eq!(sent[0].to(), vec!["alice@example.org"]);
+
+    let out = run("alice@example.org", "127.0.0.1:1".to_string())
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "no relay there");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot connect to 127.0.0.1:1"));
+    relay.shutdown().await;
+}
