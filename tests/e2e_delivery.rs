@@ -503,3 +503,70 @@ async fn send_test_sends_through_the_running_relay() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot connect to 127.0.0.1:1"));
     relay.shutdown().await;
 }
+
+/// `GET /metrics` in Prometheus text: messages received, delivered, failed, queue gauges, the
+/// token state and Graph latency.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_what_happened() {
+    let ms = FakeMicrosoft::start().await;
+    ms.fail_next_sends(
+        1,
+        400,
+        &[],
+        r#"{"error":{"code":"ErrorInvalidRecipients","message":"no"}}"#,
+    );
+    let relay = TestRelay::start(&ms, RelayOptions::default()).await;
+    let msg = |n: u8| {
+        format!("From: relay@contoso.test\r\nTo: a@example.org\r\nSubject: m{n}\r\n\r\nx\r\n")
+    };
+    assert_eq!(
+        send_raw(
+            relay.smtp,
+            "relay@contoso.test",
+            &["a@example.org"],
+            msg(1).as_bytes()
+        )
+        .await,
+        250
+    );
+    relay.wait_queue_empty(WAIT).await;
+    assert_eq!(
+        send_raw(
+            relay.smtp,
+            "relay@contoso.test",
+            &["a@example.org"],
+            msg(2).as_bytes()
+        )
+        .await,
+        250
+    );
+    ms.wait_for_sent(1, WAIT).await;
+    relay.wait_queue_empty(WAIT).await;
+    let addr = relay.status.expect("status listener");
+    let text = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "graph_relay_messages_received_total 2",
+        "graph_relay_messages_delivered_total 1",
+        "graph_relay_messages_failed_total 1",
+        "graph_relay_queue_pending 0",
+        "graph_relay_queue_failed 1",
+        "graph_relay_token_state{state=\"valid\"} 1",
+        "graph_relay_token_state{state=\"reauth_required\"} 0",
+        "graph_relay_graph_request_seconds_count 2",
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "{line:?} missing from:\n{text}"
+        );
+    }
+    assert!(
+        text.contains("# TYPE graph_relay_graph_request_seconds histogram"),
+        "{text}"
+    );
+    relay.shutdown().await;
+}
