@@ -452,3 +452,31 @@ async fn revoked_refresh_token_recovers_with_device_code_login_from_the_status_p
     );
     case.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_secret_in_the_config_plus_sighup_recovers() {
+    let ms = FakeMicrosoft::start().await;
+    let inline_secret = format!(
+        "tenant = \"{}\"\nclient_id = \"{}\"\nclient_secret = \"{}\"\n",
+        ms.tenant(),
+        ms.client_id(),
+        ms.client_secret()
+    );
+    ms.set_token_failure(Some(TokenFailure::SecretExpired));
+    let case = Case::start(ms, &inline_secret, |_, _| {}).await;
+    case.expect_held("AADSTS7000222").await;
+
+    // The admin puts a new secret into relay.toml and sends SIGHUP (what `reload` does).
+    case.ms.set_token_failure(None);
+    case.ms.set_client_secret("new-secret-from-config");
+    let text = std::fs::read_to_string(&case.config_path).unwrap().replace(
+        common::fake_graph::DEFAULT_CLIENT_SECRET,
+        "new-secret-from-config",
+    );
+    std::fs::write(&case.config_path, &text).unwrap();
+    let reloaded = Config::from_layers(Some(&text), &[]).unwrap();
+    let recovered_at = Instant::now();
+    case.running().reload(&reloaded);
+    case.expect_drained(recovered_at).await;
+    case.stop().await;
+}
