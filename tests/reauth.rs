@@ -153,7 +153,21 @@ impl Case {
     }
 
     /// Forgets the notices so far (the sign-in before the test's token death).
-    fn forget_notices(&self) {
+    async fn forget_notices(&self) {
+        // The command writes the notice, then the state: let it finish before clearing.
+        let lines = |path: &Path| {
+            std::fs::read_to_string(path).map(|t| t.lines().filter(|l| !l.is_empty()).count())
+        };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while lines(&self.command_out).ok()
+            != lines(&self.command_out.with_extension("jsonl.state")).ok()
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the notify command never finished"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         self.hook.lock().unwrap().clear();
         let _ = std::fs::remove_file(&self.command_out);
         let _ = std::fs::remove_file(self.command_out.with_extension("jsonl.state"));
@@ -414,7 +428,7 @@ async fn revoked_refresh_token_recovers_with_device_code_login_from_the_status_p
     );
     // The first sign-in itself was a recovery from "nobody signed in yet"; wait for its notice.
     case.wait_notices("recovered").await;
-    case.forget_notices();
+    case.forget_notices().await;
 
     // 90 days idle: the access token expires and the refresh token is refused (AADSTS700082).
     case.ms.revoke_refresh_tokens();

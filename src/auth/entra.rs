@@ -103,10 +103,34 @@ pub fn classify(status: u16, error: &EntraError, retry_after: Option<Duration>) 
         && (REAUTH_ERRORS.contains(&error.error.as_str())
             || error.error_codes.iter().any(|c| REAUTH_CODES.contains(c)));
     if reauth {
-        TokenError::Reauth(summary)
+        match error.error_codes.iter().find_map(|c| plain_meaning(*c)) {
+            Some(meaning) => TokenError::Reauth(format!("{meaning} ({summary})")),
+            None => TokenError::Reauth(summary),
+        }
     } else {
         TokenError::transient(summary, retry_after)
     }
+}
+
+/// What the common re-authorization codes mean, in words an admin can act on.
+fn plain_meaning(code: u64) -> Option<&'static str> {
+    Some(match code {
+        700082 | 70008 => "The sign-in expired after 90 days without use",
+        50173 | 50132 | 50133 => "The sign-in was revoked (password reset or tokens revoked)",
+        50076 | 50079 => "Multi-factor authentication is now required: sign in again",
+        70043 => "Conditional Access asks for a fresh sign-in",
+        65001 | 65004 => "Consent for the app is missing or was revoked",
+        7000222 => "The app's client secret has expired: create a new one",
+        7000215 | 70002 => "The client secret is wrong",
+        700027 | 50012 => "The certificate assertion was refused (wrong certificate or key?)",
+        70001 | 7000112 => "The app registration is disabled",
+        700016 | 700011 => "No such app in this tenant (check microsoft.client_id and tenant)",
+        90002 => "No such tenant (check microsoft.tenant)",
+        50057 => "The signed-in user is disabled",
+        50055 => "The user's password has expired",
+        53003 => "Blocked by Conditional Access",
+        _ => return None,
+    })
 }
 
 /// `Retry-After` in seconds (fractions allowed). HTTP dates are rare here; they are ignored and
@@ -152,10 +176,12 @@ mod tests {
         for case in cases {
             match classify(400, &case, None) {
                 TokenError::Reauth(reason) => {
+                    // Plain words first, then Entra's own error and code.
                     assert!(
-                        reason.starts_with(&format!("{}: AADSTS", case.error)),
+                        reason.contains(&format!("({}: AADSTS", case.error)),
                         "{reason}"
                     );
+                    assert!(!reason.starts_with(&case.error), "{reason}");
                     assert!(!reason.contains("Trace ID"), "{reason}");
                 }
                 other => panic!("{case:?} classified as {other:?}"),

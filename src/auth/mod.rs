@@ -235,17 +235,25 @@ impl Tokens {
     /// Swaps in the source a reloaded configuration asks for.
     pub fn replace(&self, config: &Config, http: reqwest::Client, clock: Arc<dyn Clock>) {
         let inner = from_config(config, http, clock);
-        self.status.set(inner.status());
-        *self.inner.write().expect("tokens lock") = inner;
         *self.watched.write().expect("tokens lock") = store::Watched::new(watched_paths(config));
+        // Swap and announce under one lock: whoever wakes on the new state gets the new source,
+        // and no late answer from the old one can slip in between.
+        let mut current = self.inner.write().expect("tokens lock");
+        self.status.set(inner.status());
+        *current = inner;
     }
 
     fn current(&self) -> Arc<dyn TokenSource> {
         self.inner.read().expect("tokens lock").clone()
     }
 
-    fn follow(&self, inner: &dyn TokenSource) {
-        self.status.set(inner.status());
+    /// Takes `inner`'s state, unless `inner` was replaced meanwhile: a call that began on the
+    /// old source (say, with the old secret) must not undo what the new one says.
+    fn follow(&self, inner: &Arc<dyn TokenSource>) {
+        let current = self.inner.read().expect("tokens lock");
+        if Arc::ptr_eq(inner, &current) {
+            self.status.set(inner.status());
+        }
     }
 }
 
@@ -254,7 +262,7 @@ impl TokenSource for Tokens {
     async fn token(&self) -> Result<AccessToken, TokenError> {
         let inner = self.current();
         let outcome = inner.token().await;
-        self.follow(inner.as_ref());
+        self.follow(&inner);
         outcome
     }
     fn invalidate(&self, token: &AccessToken) {
@@ -266,7 +274,7 @@ impl TokenSource for Tokens {
     fn rejected(&self, reason: &str) {
         let inner = self.current();
         inner.rejected(reason);
-        self.follow(inner.as_ref());
+        self.follow(&inner);
     }
     fn inputs_changed(&self) -> bool {
         self.watched.read().expect("tokens lock").changed()
