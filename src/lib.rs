@@ -13,3 +13,7 @@ pub mod status;
 pub mod app;
 pub mod cli;
 pub mod send_test;
+
+/// What a unit test returns, so setup failures use `?` instead of panicking unwraps.
+#[cfg(test)]
+pub(crate) type TestResult = Result<(), Box<dyn std::error::Error>>;

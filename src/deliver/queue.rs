@@ -498,6 +498,7 @@ fn expire(mut record: Record, now: SystemTime) -> Record {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::TestResult;
     use crate::clock::ManualClock;
     use crate::spool::Envelope;
 
@@ -530,14 +531,14 @@ mod tests {
     }
 
     #[test]
-    fn transient_failures_back_off_doubling_and_retry_after_wins() {
+    fn transient_failures_back_off_doubling_and_retry_after_wins() -> TestResult {
         let clock = ManualClock::new(SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000));
         let mut r = record(&clock);
         for expected in [30, 60, 120, 240] {
             r = apply_failure(r, &transient(503, None), clock.now(), &POLICY, 0.5);
             assert_eq!(r.state, State::Pending);
             assert_eq!(
-                r.next_attempt.duration_since(clock.now()).unwrap(),
+                r.next_attempt.duration_since(clock.now())?,
                 Duration::from_secs(expected)
             );
         }
@@ -550,14 +551,15 @@ mod tests {
             0.5,
         );
         assert_eq!(
-            r.next_attempt.duration_since(clock.now()).unwrap(),
+            r.next_attempt.duration_since(clock.now())?,
             Duration::from_secs(2)
         );
-        assert_eq!(r.last_error.as_ref().unwrap().status, Some(429));
+        assert_eq!(r.last_error.as_ref().map(|e| e.status), Some(Some(429)));
+        Ok(())
     }
 
     #[test]
-    fn permanent_failure_fails_with_the_graph_reason() {
+    fn permanent_failure_fails_with_the_graph_reason() -> TestResult {
         let clock = ManualClock::new(SystemTime::now());
         let error = LastError {
             status: Some(400),
@@ -574,10 +576,11 @@ mod tests {
         assert_eq!(r.state, State::Failed);
         assert_eq!(r.last_error, Some(error));
         assert_eq!(r.attempts, 1);
+        Ok(())
     }
 
     #[test]
-    fn mail_expires_after_max_age_but_never_while_held() {
+    fn mail_expires_after_max_age_but_never_while_held() -> TestResult {
         let clock = ManualClock::new(SystemTime::now());
         let r = record(&clock);
         let held = apply_failure(
@@ -600,22 +603,27 @@ mod tests {
         assert_eq!(held_again.state, State::Held);
         let expired = apply_failure(r, &transient(503, None), clock.now(), &POLICY, 0.5);
         assert_eq!(expired.state, State::Failed);
-        let message = &expired.last_error.unwrap().message;
+        let message = &expired
+            .last_error
+            .ok_or("an expired record says why")?
+            .message;
         assert!(
             message.starts_with("expired: undelivered after 6days"),
             "{message}"
         );
         assert!(message.contains("TooManyRequests"), "{message}");
+        Ok(())
     }
 
     #[test]
-    fn release_makes_held_mail_due_now() {
+    fn release_makes_held_mail_due_now() -> TestResult {
         let clock = ManualClock::new(SystemTime::now());
         let held = hold(record(&clock), "why");
         clock.advance(Duration::from_secs(3600));
         let released = release(held, clock.now());
         assert_eq!(released.state, State::Pending);
         assert_eq!(released.next_attempt, clock.now());
+        Ok(())
     }
 
     /// A token source that is dead until told otherwise, counting how often it is asked.
@@ -652,21 +660,19 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn held_mail_probes_the_token_endpoint_on_a_slow_doubling_backoff() {
-        let dir = tempfile::tempdir().unwrap();
-        let spool = Spool::open(dir.path()).unwrap();
+    async fn held_mail_probes_the_token_endpoint_on_a_slow_doubling_backoff() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let spool = Spool::open(dir.path())?;
         let clock = Arc::new(ManualClock::new(SystemTime::now()));
         let held = hold(
-            spool
-                .commit(
-                    &Envelope::new("a@x.org", vec!["b@y.org".into()]),
-                    b"m",
-                    clock.now(),
-                )
-                .unwrap(),
+            spool.commit(
+                &Envelope::new("a@x.org", vec!["b@y.org".into()]),
+                b"m",
+                clock.now(),
+            )?,
             "dead",
         );
-        spool.update(&held).unwrap();
+        spool.update(&held)?;
         let tokens = Arc::new(DeadTokens {
             asked: Default::default(),
             status: crate::auth::StatusCell::new(crate::auth::TokenStatus {
@@ -698,5 +704,6 @@ mod tests {
             manager.pass().await;
             assert_eq!(asked(), before + 1, "not asked after {wait} s");
         }
+        Ok(())
     }
 }

@@ -101,22 +101,23 @@ pub fn list_line(record: &Record) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::TestResult;
     use crate::spool::{Envelope, LastError};
 
     #[test]
-    fn retry_brings_failed_mail_back_and_delete_removes_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let spool = Spool::open(dir.path()).unwrap();
+    fn retry_brings_failed_mail_back_and_delete_removes_it() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let spool = Spool::open(dir.path())?;
         let now = SystemTime::now();
         let env = Envelope::new("a@x.org", vec!["b@y.org".into(), "c@y.org".into()]);
-        let mut record = spool.commit(&env, b"m", now).unwrap();
+        let mut record = spool.commit(&env, b"m", now)?;
         record.state = State::Failed;
         record.last_error = Some(LastError {
             status: Some(400),
             code: "ErrorInvalidRecipients".into(),
             message: "no".into(),
         });
-        spool.relocate(&record, Area::Queue).unwrap();
+        spool.relocate(&record, Area::Queue)?;
         let line = list_line(&record);
         assert!(line.contains("\tfailed\t"), "{line}");
         assert!(
@@ -125,7 +126,7 @@ mod tests {
         );
         assert!(line.ends_with("to=b@y.org,c@y.org"), "{line}");
         assert_eq!(
-            spool.counts(now).unwrap(),
+            spool.counts(now)?,
             QueueCounts {
                 pending: 0,
                 held: 0,
@@ -134,19 +135,17 @@ mod tests {
             }
         );
 
-        assert_eq!(
-            spool.retry_all_failed(now).unwrap(),
-            vec![record.id.clone()]
-        );
-        let counts = spool.counts(now).unwrap();
+        assert_eq!(spool.retry_all_failed(now)?, vec![record.id.clone()]);
+        let counts = spool.counts(now)?;
         assert_eq!((counts.pending, counts.failed), (1, 0));
-        assert_eq!(spool.load(&record.id).unwrap().0.state, State::Pending);
+        assert_eq!(spool.load(&record.id)?.0.state, State::Pending);
 
-        let deleted = spool.delete(&record.id).unwrap();
+        let deleted = spool.delete(&record.id)?;
         assert_eq!(deleted.id, record.id);
         assert!(matches!(
             spool.delete(&record.id),
             Err(SpoolError::NotFound(_))
         ));
+        Ok(())
     }
 }

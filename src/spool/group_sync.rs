@@ -70,11 +70,12 @@ impl GroupSync {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::TestResult;
     use std::sync::Arc;
 
     #[test]
-    fn concurrent_callers_all_return_and_share_rounds() {
-        let dir = tempfile::tempdir().unwrap();
+    fn concurrent_callers_all_return_and_share_rounds() -> TestResult {
+        let dir = tempfile::tempdir()?;
         let sync = Arc::new(GroupSync::new(dir.path().to_path_buf()));
         let threads: Vec<_> = (0..16)
             .map(|_| {
@@ -83,18 +84,20 @@ mod tests {
             })
             .collect();
         for t in threads {
-            t.join().unwrap().unwrap();
+            t.join().expect("a sync thread panicked")?;
         }
-        let tickets = sync.state.lock().unwrap();
+        let tickets = sync.state.lock().expect("group sync lock");
         assert_eq!(tickets.issued, 16);
         assert_eq!(tickets.synced, 16, "every ticket covered");
         assert!(!tickets.running);
+        Ok(())
     }
 
     #[test]
-    fn a_missing_directory_is_an_error_not_a_hang() {
+    fn a_missing_directory_is_an_error_not_a_hang() -> TestResult {
         let sync = GroupSync::new(PathBuf::from("/nonexistent/graph-relay-spool"));
         assert!(sync.sync().is_err());
         assert!(sync.sync().is_err(), "the next caller tries again");
+        Ok(())
     }
 }

@@ -125,10 +125,11 @@ mod rfc3339 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::TestResult;
     use std::time::{Duration, UNIX_EPOCH};
 
     #[test]
-    fn record_round_trips_through_json() {
+    fn record_round_trips_through_json() -> TestResult {
         let now = UNIX_EPOCH + Duration::from_millis(1_790_000_000_123);
         let mut record = Record::new(
             QueueId::generate(),
@@ -145,6 +146,7 @@ mod tests {
         let text = String::from_utf8_lossy(&json);
         assert!(text.contains("\"received_at\": \"2026-"), "{text}");
         assert!(text.contains("\"state\": \"pending\""), "{text}");
-        assert_eq!(Record::from_json(&json).unwrap(), record);
+        assert_eq!(Record::from_json(&json)?, record);
+        Ok(())
     }
 }

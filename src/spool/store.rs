@@ -387,11 +387,12 @@ fn sync_dir(dir: &Path) -> Result<(), SpoolError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::TestResult;
     use crate::spool::record::LastError;
 
     fn spool() -> (tempfile::TempDir, Spool) {
-        let dir = tempfile::tempdir().unwrap();
-        let spool = Spool::open(dir.path()).unwrap();
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let spool = Spool::open(dir.path()).expect("a spool in a fresh temp dir");
         (dir, spool)
     }
 
@@ -400,33 +401,32 @@ mod tests {
     }
 
     #[test]
-    fn commit_then_list_load_and_remove() {
+    fn commit_then_list_load_and_remove() -> TestResult {
         let (_dir, spool) = spool();
-        let record = spool
-            .commit(
-                &envelope(),
-                b"Subject: hi\r\n\r\nbody\r\n",
-                SystemTime::now(),
-            )
-            .unwrap();
+        let record = spool.commit(
+            &envelope(),
+            b"Subject: hi\r\n\r\nbody\r\n",
+            SystemTime::now(),
+        )?;
         assert_eq!(record.size, 21);
-        assert_eq!(spool.list(Area::Queue).unwrap(), vec![record.clone()]);
+        assert_eq!(spool.list(Area::Queue)?, vec![record.clone()]);
         assert_eq!(
-            spool.read_message(&record.id, Area::Queue).unwrap(),
+            spool.read_message(&record.id, Area::Queue)?,
             b"Subject: hi\r\n\r\nbody\r\n"
         );
-        assert_eq!(spool.load(&record.id).unwrap().1, Area::Queue);
-        assert_eq!(spool.remove(&record.id).unwrap(), Area::Queue);
-        assert!(spool.list(Area::Queue).unwrap().is_empty());
+        assert_eq!(spool.load(&record.id)?.1, Area::Queue);
+        assert_eq!(spool.remove(&record.id)?, Area::Queue);
+        assert!(spool.list(Area::Queue)?.is_empty());
         assert!(matches!(
             spool.remove(&record.id),
             Err(SpoolError::NotFound(_))
         ));
-        assert_eq!(fs::read_dir(spool.dir("tmp")).unwrap().count(), 0);
+        assert_eq!(fs::read_dir(spool.dir("tmp"))?.count(), 0);
+        Ok(())
     }
 
     #[test]
-    fn a_failed_write_leaves_nothing_behind_and_says_no_space() {
+    fn a_failed_write_leaves_nothing_behind_and_says_no_space() -> TestResult {
         let (_dir, spool) = spool();
         let spool = spool.with_write_hook(Arc::new(|path: &Path| {
             if path.extension().is_some_and(|e| e == "json") {
@@ -440,79 +440,65 @@ mod tests {
             .unwrap_err();
         assert!(matches!(err, SpoolError::NoSpace(_)), "{err}");
         for dir in ["tmp", "queue"] {
-            assert_eq!(
-                fs::read_dir(spool.dir(dir)).unwrap().count(),
-                0,
-                "{dir} not empty"
-            );
+            assert_eq!(fs::read_dir(spool.dir(dir))?.count(), 0, "{dir} not empty");
         }
+        Ok(())
     }
 
     #[test]
-    fn relocate_to_failed_and_back() {
+    fn relocate_to_failed_and_back() -> TestResult {
         let (_dir, spool) = spool();
-        let mut record = spool.commit(&envelope(), b"m", SystemTime::now()).unwrap();
+        let mut record = spool.commit(&envelope(), b"m", SystemTime::now())?;
         record.state = State::Failed;
         record.last_error = Some(LastError {
             status: Some(400),
             code: "ErrorInvalidRecipients".into(),
             message: "bad".into(),
         });
-        spool.relocate(&record, Area::Queue).unwrap();
-        assert!(spool.list(Area::Queue).unwrap().is_empty());
-        assert_eq!(spool.list(Area::Failed).unwrap(), vec![record.clone()]);
+        spool.relocate(&record, Area::Queue)?;
+        assert!(spool.list(Area::Queue)?.is_empty());
+        assert_eq!(spool.list(Area::Failed)?, vec![record.clone()]);
         record.state = State::Pending;
-        spool.relocate(&record, Area::Failed).unwrap();
-        assert_eq!(spool.list(Area::Queue).unwrap(), vec![record.clone()]);
-        assert_eq!(spool.read_message(&record.id, Area::Queue).unwrap(), b"m");
+        spool.relocate(&record, Area::Failed)?;
+        assert_eq!(spool.list(Area::Queue)?, vec![record.clone()]);
+        assert_eq!(spool.read_message(&record.id, Area::Queue)?, b"m");
+        Ok(())
     }
 
     #[test]
-    fn scan_recovers_every_crash_point() {
+    fn scan_recovers_every_crash_point() -> TestResult {
         let (_dir, spool) = spool();
         // A commit cut short before its record was renamed: never answered 250.
-        fs::write(spool.dir("tmp").join("ABC.eml"), b"partial").unwrap();
+        fs::write(spool.dir("tmp").join("ABC.eml"), b"partial")?;
         let orphan = QueueId::generate();
-        fs::write(spool.eml_path(Area::Queue, &orphan), b"uncommitted").unwrap();
+        fs::write(spool.eml_path(Area::Queue, &orphan), b"uncommitted")?;
         // A move to failed/ cut short after the new record was written.
-        let mut moving = spool
-            .commit(&envelope(), b"moving", SystemTime::now())
-            .unwrap();
+        let mut moving = spool.commit(&envelope(), b"moving", SystemTime::now())?;
         moving.state = State::Failed;
-        spool
-            .replace_json(&moving, &spool.json_path(Area::Failed, &moving.id))
-            .unwrap();
+        spool.replace_json(&moving, &spool.json_path(Area::Failed, &moving.id))?;
         // A record whose message vanished, and one that is not JSON.
-        let lost = spool
-            .commit(&envelope(), b"lost", SystemTime::now())
-            .unwrap();
-        fs::remove_file(spool.eml_path(Area::Queue, &lost.id)).unwrap();
-        let garbled = spool
-            .commit(&envelope(), b"garbled", SystemTime::now())
-            .unwrap();
-        fs::write(spool.json_path(Area::Queue, &garbled.id), b"{not json").unwrap();
-        let good = spool
-            .commit(&envelope(), b"good", SystemTime::now())
-            .unwrap();
+        let lost = spool.commit(&envelope(), b"lost", SystemTime::now())?;
+        fs::remove_file(spool.eml_path(Area::Queue, &lost.id))?;
+        let garbled = spool.commit(&envelope(), b"garbled", SystemTime::now())?;
+        fs::write(spool.json_path(Area::Queue, &garbled.id), b"{not json")?;
+        let good = spool.commit(&envelope(), b"good", SystemTime::now())?;
 
-        let report = spool.scan().unwrap();
+        let report = spool.scan()?;
         assert_eq!(report.tmp_removed, 1);
         assert_eq!(report.orphans_removed, 1);
         assert_eq!(report.corrupt, 1);
 
-        let queued = spool.list(Area::Queue).unwrap();
+        let queued = spool.list(Area::Queue)?;
         assert_eq!(queued, vec![good]);
-        let failed = spool.list(Area::Failed).unwrap();
+        let failed = spool.list(Area::Failed)?;
         assert_eq!(failed.len(), 1);
-        assert_eq!(
-            spool.read_message(&moving.id, Area::Failed).unwrap(),
-            b"moving"
-        );
-        let corrupt: Vec<_> = fs::read_dir(spool.dir("corrupt")).unwrap().collect();
+        assert_eq!(spool.read_message(&moving.id, Area::Failed)?, b"moving");
+        let corrupt: Vec<_> = fs::read_dir(spool.dir("corrupt"))?.collect();
         assert_eq!(
             corrupt.len(),
             3,
             "lost.json, garbled.json and garbled.eml are kept"
         );
+        Ok(())
     }
 }
