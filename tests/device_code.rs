@@ -13,15 +13,7 @@ use graph_relay::auth::device_code::{DeviceCode, DeviceLogin, LoginError};
 use graph_relay::config::Config;
 
 fn delegated_config(ms: &FakeMicrosoft, dir: &Path) -> (Config, std::path::PathBuf) {
-    let opts = RelayOptions {
-        credentials: false,
-        microsoft_extra: format!(
-            "tenant = \"{}\"\nclient_id = \"{}\"\nflow = \"delegated\"\n",
-            ms.tenant(),
-            ms.client_id()
-        ),
-        ..RelayOptions::default()
-    };
+    let opts = RelayOptions::delegated(ms);
     let toml = relay_toml(ms, &dir.join("spool"), &opts);
     let path = dir.join("relay.toml");
     std::fs::write(&path, &toml).unwrap();

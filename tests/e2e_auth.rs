@@ -204,20 +204,7 @@ async fn expired_secret_holds_mail_until_reauthorized() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delegated_device_code_login_from_the_status_page_drains_held_mail() {
     let ms = FakeMicrosoft::start().await;
-    let relay = TestRelay::start(
-        &ms,
-        RelayOptions {
-            credentials: false,
-            sender: ms.delegated_user(),
-            microsoft_extra: format!(
-                "flow = \"delegated\"\ntenant = \"{}\"\nclient_id = \"{}\"\n",
-                ms.tenant(),
-                ms.client_id()
-            ),
-            ..RelayOptions::default()
-        },
-    )
-    .await;
+    let relay = TestRelay::start(&ms, RelayOptions::delegated(&ms)).await;
     send(&relay, "needs login").await;
     relay.wake();
     wait_status(&relay, "a held message", |s| s["queue"]["held"] == 1).await;
@@ -254,20 +241,7 @@ async fn delegated_large_message_goes_through_the_draft_path() {
     // The draft path (POST /me/messages, createUploadSession) needs Mail.ReadWrite; Graph answers
     // 403 ErrorAccessDenied to a delegated token that only has Mail.Send.
     let ms = FakeMicrosoft::start().await;
-    let relay = TestRelay::start(
-        &ms,
-        RelayOptions {
-            credentials: false,
-            sender: ms.delegated_user(),
-            microsoft_extra: format!(
-                "flow = \"delegated\"\ntenant = \"{}\"\nclient_id = \"{}\"\n",
-                ms.tenant(),
-                ms.client_id()
-            ),
-            ..RelayOptions::default()
-        },
-    )
-    .await;
+    let relay = TestRelay::start(&ms, RelayOptions::delegated(&ms)).await;
     ms.set_device_code_auto_approve(true);
     press_reauthorize(&relay).await;
     wait_status(&relay, "valid", |s| s["token"]["state"] == "valid").await;

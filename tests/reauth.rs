@@ -396,11 +396,7 @@ async fn graph_401_for_an_early_revoked_token_then_auth_login_beside_serve() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revoked_refresh_token_recovers_with_device_code_login_from_the_status_page() {
     let ms = FakeMicrosoft::start().await;
-    let extra = format!(
-        "tenant = \"{}\"\nclient_id = \"{}\"\nflow = \"delegated\"\n",
-        ms.tenant(),
-        ms.client_id()
-    );
+    let extra = common::relay::delegated_microsoft(&ms);
     // Sign in once before serve starts, as `graph-relay auth login` would.
     let (login_config_tx, login_config_rx) = std::sync::mpsc::channel();
     let mut case = Case::start(ms, &extra, |_, config| {

@@ -417,19 +417,7 @@ async fn status_page_in_chromium_shows_held_mail_and_re_authorizes_with_a_device
 
     // A delegated relay that nobody signed in to yet: mail is accepted and held.
     let ms = FakeMicrosoft::start().await;
-    let relay = TestRelay::start(
-        &ms,
-        RelayOptions {
-            credentials: false,
-            microsoft_extra: format!(
-                "tenant = \"{}\"\nclient_id = \"{}\"\nflow = \"delegated\"\n",
-                ms.tenant(),
-                ms.client_id()
-            ),
-            ..RelayOptions::default()
-        },
-    )
-    .await;
+    let relay = TestRelay::start(&ms, RelayOptions::delegated(&ms)).await;
     let mut browser = Browser::start(&chromedriver).await;
 
     let message = Message::builder()

@@ -37,6 +37,27 @@ impl Default for RelayOptions {
     }
 }
 
+/// `[microsoft]` lines for a delegated (device code) relay pointed at `ms`.
+pub fn delegated_microsoft(ms: &FakeMicrosoft) -> String {
+    format!(
+        "flow = \"delegated\"\ntenant = \"{}\"\nclient_id = \"{}\"\n",
+        ms.tenant(),
+        ms.client_id()
+    )
+}
+
+impl RelayOptions {
+    /// A delegated relay: no app credentials, mail sent as the signed-in user.
+    pub fn delegated(ms: &FakeMicrosoft) -> Self {
+        RelayOptions {
+            credentials: false,
+            sender: ms.delegated_user(),
+            microsoft_extra: delegated_microsoft(ms),
+            ..RelayOptions::default()
+        }
+    }
+}
+
 /// A full relay.toml pointed at `ms`, with ports 0 and the spool in `queue_dir`.
 pub fn relay_toml(ms: &FakeMicrosoft, queue_dir: &Path, opts: &RelayOptions) -> String {
     let mut t = String::new();
