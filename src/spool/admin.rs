@@ -18,6 +18,22 @@ pub struct QueueCounts {
     pub oldest_age: Option<Duration>,
 }
 
+impl QueueCounts {
+    /// The counts of a listing (`list_all`), so a caller that has one need not read again.
+    pub fn of(records: &[Record], now: SystemTime) -> QueueCounts {
+        let queued = || records.iter().filter(|r| r.state != State::Failed);
+        QueueCounts {
+            pending: queued().count(),
+            held: queued().filter(|r| r.state == State::Held).count(),
+            failed: records.len() - queued().count(),
+            oldest_age: queued()
+                .map(|r| r.received_at)
+                .min()
+                .map(|t| now.duration_since(t).unwrap_or_default()),
+        }
+    }
+}
+
 impl Spool {
     /// Every message, queued first, then failed.
     pub fn list_all(&self) -> Result<Vec<Record>, SpoolError> {
@@ -27,15 +43,7 @@ impl Spool {
     }
 
     pub fn counts(&self, now: SystemTime) -> Result<QueueCounts, SpoolError> {
-        let queued = self.list(Area::Queue)?;
-        let failed = self.list(Area::Failed)?.len();
-        let oldest = queued.iter().map(|r| r.received_at).min();
-        Ok(QueueCounts {
-            pending: queued.len(),
-            held: queued.iter().filter(|r| r.state == State::Held).count(),
-            failed,
-            oldest_age: oldest.map(|t| now.duration_since(t).unwrap_or_default()),
-        })
+        Ok(QueueCounts::of(&self.list_all()?, now))
     }
 
     /// Makes a message due now: a failed one goes back to `queue/` as pending; a pending one

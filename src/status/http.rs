@@ -360,11 +360,16 @@ async fn page(State(ctx): State<Ctx>, ConnectInfo(peer): ConnectInfo<SocketAddr>
             .into_response();
     }
     let spool = ctx.spool.clone();
-    let (counts, records) =
-        match blocking(move || Ok((spool.counts(SystemTime::now())?, spool.list_all()?))).await {
-            Ok(found) => found,
-            Err(response) => return response,
-        };
+    let (counts, records) = match blocking(move || {
+        spool
+            .list_all()
+            .map(|r| (QueueCounts::of(&r, SystemTime::now()), r))
+    })
+    .await
+    {
+        Ok(found) => found,
+        Err(response) => return response,
+    };
     let login = ctx.login.lock().expect("login lock").clone();
     Html(render_page(&ctx, &counts, &records, &login)).into_response()
 }
