@@ -92,7 +92,6 @@ impl Delegated {
                 .unwrap_or(0),
             lifetime,
             refresh_token: response.refresh_token.or(previous_refresh),
-            account: None,
         }
     }
 

@@ -393,7 +393,6 @@ pub fn store_app_token(config: &Config, token: &AccessToken) -> std::io::Result<
         expires_at,
         lifetime: 3600,
         refresh_token: None,
-        account: None,
     };
     store::save(&config.token_cache_path(), &entry)
 }

@@ -25,9 +25,6 @@ pub struct CachedTokens {
     pub lifetime: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refresh_token: Option<String>,
-    /// Who signed in (delegated), when known.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub account: Option<String>,
 }
 
 impl std::fmt::Debug for CachedTokens {
@@ -132,7 +129,6 @@ mod tests {
             expires_at: 1,
             lifetime: 3600,
             refresh_token: Some(rt.into()),
-            account: None,
         }
     }
 

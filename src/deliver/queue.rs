@@ -352,11 +352,12 @@ impl QueueManager {
     async fn finish(&self, record: Record, outcome: Result<(), DeliveryError>) -> Option<Record> {
         match outcome {
             Ok(()) => {
+                // Graph accepted it: that is what "delivered" counts, whatever the clean-up does.
+                self.counters.delivered();
                 let spool = self.spool.clone();
                 let id = record.id.clone();
                 match tokio::task::spawn_blocking(move || spool.remove(&id)).await {
                     Ok(Ok(_)) | Ok(Err(SpoolError::NotFound(_))) => {
-                        self.counters.delivered();
                         info!(from = %record.envelope.mail_from, recipients = record.envelope.rcpt_to.len(), "delivered");
                     }
                     // Delivered but still on disk: it will be sent again. Say so loudly.

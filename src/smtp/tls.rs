@@ -61,13 +61,6 @@ impl ServerTls {
         self.cert.set(certified(chain, key)?);
         Ok(())
     }
-
-    /// As `reload_files`, from PEM text.
-    pub fn reload_pem(&self, cert_pem: &[u8], key_pem: &[u8]) -> Result<(), TlsSetupError> {
-        let (chain, key) = read_pem(cert_pem, key_pem)?;
-        self.cert.set(certified(chain, key)?);
-        Ok(())
-    }
 }
 
 impl fmt::Debug for ServerTls {
