@@ -28,11 +28,7 @@ fn with_users() -> SmtpSettings {
 #[tokio::test]
 async fn auth_plain_on_loopback_and_the_user_is_recorded() {
     let server = start(with_users()).await;
-    let mut c = Raw::new(
-        tokio::net::TcpStream::connect(server.addr)
-            .await
-            .expect("connect"),
-    );
+    let mut c = server.connect().await;
     c.reply().await;
     let ehlo = c.cmd("EHLO c").await;
     assert!(ehlo.contains("\n250-AUTH PLAIN LOGIN\n"), "{ehlo}");

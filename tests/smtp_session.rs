@@ -191,11 +191,7 @@ async fn mailin_defect_size_param_is_understood() {
     let mut s = settings();
     s.max_message_bytes = 1000;
     let server = start(s).await;
-    let mut c = Raw::new(
-        tokio::net::TcpStream::connect(server.addr)
-            .await
-            .expect("connect"),
-    );
+    let mut c = server.connect().await;
     c.reply().await;
     assert!(c.cmd("EHLO c").await.contains("\n250-SIZE 1000\n"));
     assert_eq!(
@@ -456,11 +452,7 @@ async fn smtputf8_is_accepted_and_recorded() {
 #[tokio::test]
 async fn pipelined_commands_get_their_replies_in_order() {
     let server = start(settings()).await;
-    let mut c = Raw::new(
-        tokio::net::TcpStream::connect(server.addr)
-            .await
-            .expect("connect"),
-    );
+    let mut c = server.connect().await;
     c.reply().await;
     // One write, one group: each reply must arrive without the client sending anything more.
     c.send(
@@ -498,11 +490,7 @@ async fn pipelined_commands_get_their_replies_in_order() {
 #[tokio::test]
 async fn out_of_order_commands_get_503() {
     let server = start(settings()).await;
-    let mut c = Raw::new(
-        tokio::net::TcpStream::connect(server.addr)
-            .await
-            .expect("connect"),
-    );
+    let mut c = server.connect().await;
     c.reply().await;
     assert_eq!(
         c.cmd("MAIL FROM:<a@x.test>").await,

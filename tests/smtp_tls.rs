@@ -16,11 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 #[tokio::test]
 async fn starttls_upgrades_and_resets_the_session() {
     let server = start(tls_settings()).await;
-    let mut c = Raw::new(
-        tokio::net::TcpStream::connect(server.addr)
-            .await
-            .expect("connect"),
-    );
+    let mut c = server.connect().await;
     c.reply().await;
     let ehlo = c.cmd("EHLO c").await;
     assert!(ehlo.contains("\n250-STARTTLS\n"), "{ehlo}");

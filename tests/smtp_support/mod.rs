@@ -112,6 +112,11 @@ pub struct TestServer {
 }
 
 impl TestServer {
+    /// A client connected to this server; the greeting is still unread.
+    pub async fn connect(&self) -> Raw<TcpStream> {
+        Raw::new(TcpStream::connect(self.addr).await.expect("connect"))
+    }
+
     /// A client connected to this server, greeted and past EHLO.
     pub async fn client(&self) -> Raw<TcpStream> {
         Raw::ready(TcpStream::connect(self.addr).await.expect("connect")).await
