@@ -11,7 +11,7 @@
 use std::io::Read as _;
 use std::process::ExitCode;
 
-use graph_relay::convert::{self, ConvertOptions, GraphPlan};
+use graph_relay::convert::{self, ConvertOptions};
 use graph_relay::spool::Envelope;
 
 fn usage() -> ExitCode {
@@ -100,7 +100,7 @@ fn main() -> ExitCode {
     let envelope = Envelope::new(mail_from, rcpt_to);
     match convert::convert(&raw, &envelope, &opts) {
         Ok(plans) => {
-            let json: Vec<_> = plans.iter().map(GraphPlan::describe).collect();
+            let json: Vec<_> = plans.iter().map(|p| p.describe(&raw)).collect();
             match serde_json::to_string_pretty(&json) {
                 Ok(text) => println!("{text}"),
                 Err(e) => {

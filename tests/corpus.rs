@@ -164,7 +164,7 @@ fn outcome(raw: &[u8], envelope: &Envelope, opts: &ConvertOptions) -> Value {
     };
     match convert::convert(raw, envelope, opts) {
         Ok(plans) => {
-            let mut plans: Vec<Value> = plans.iter().map(GraphPlan::describe).collect();
+            let mut plans: Vec<Value> = plans.iter().map(|p| p.describe(raw)).collect();
             plans.iter_mut().for_each(shorten_content_bytes);
             json!({ "precheck": precheck, "plans": plans })
         }

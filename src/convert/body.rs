@@ -13,10 +13,10 @@ use mail_parser::decoders::base64::base64_decode;
 use mail_parser::decoders::quoted_printable::quoted_printable_decode;
 use mail_parser::{Encoding, Message, MessagePart, MimeHeaders, PartType};
 
-use super::LargeAttachment;
 use super::graph_json::{BodyType, ItemBody};
 use super::html;
 use super::text::{self, body_text, one_line};
+use super::{AttachmentData, LargeAttachment, MAX_INLINE_ATTACHMENT_BYTES};
 
 /// Body and attachments of one message.
 #[derive(Debug, Clone)]
@@ -30,12 +30,15 @@ struct Found {
     content_type: String,
     content_id: Option<String>,
     is_inline: bool,
-    bytes: Vec<u8>,
+    size: usize,
+    data: AttachmentData,
     /// A nested message's subject, for naming `.eml` files.
     message_subject: Option<String>,
 }
 
-pub(crate) fn extract(msg: &Message<'_>, raw: &[u8]) -> Content {
+/// `raw` is what `msg` was parsed from; its body offsets are `shift` bytes past the same bytes in
+/// the spooled file (see `text::repair_header_bytes`).
+pub(crate) fn extract(msg: &Message<'_>, raw: &[u8], shift: usize) -> Content {
     let html_parts: Vec<&MessagePart<'_>> = (0..msg.html_body_count())
         .filter_map(|i| msg.html_part(i as u32))
         .collect();
@@ -92,7 +95,8 @@ pub(crate) fn extract(msg: &Message<'_>, raw: &[u8]) -> Content {
                     content_type: "text/plain".into(),
                     content_id: None,
                     is_inline: false,
-                    bytes: text.into_bytes(),
+                    size: text.len(),
+                    data: AttachmentData::Bytes(text.into_bytes().into()),
                     message_subject: None,
                 });
             }
@@ -119,6 +123,7 @@ pub(crate) fn extract(msg: &Message<'_>, raw: &[u8]) -> Content {
         let is_inline = content_id
             .as_deref()
             .is_some_and(|c| cids.contains(&c.to_lowercase()));
+        let (size, data) = part_data(p, raw, shift);
         found.push(Found {
             name: p
                 .attachment_name()
@@ -127,7 +132,8 @@ pub(crate) fn extract(msg: &Message<'_>, raw: &[u8]) -> Content {
             content_type,
             content_id,
             is_inline,
-            bytes: part_bytes(p, raw),
+            size,
+            data,
             message_subject: p.message().and_then(|m| m.subject()).map(one_line),
         });
     }
@@ -140,7 +146,7 @@ pub(crate) fn extract(msg: &Message<'_>, raw: &[u8]) -> Content {
             && found
                 .iter()
                 .enumerate()
-                .any(|(j, g)| j != i && g.bytes == f.bytes && (g.name.is_some() || j < i))
+                .any(|(j, g)| j != i && g.data == f.data && (g.name.is_some() || j < i))
     };
     let keep: Vec<bool> = found
         .iter()
@@ -160,7 +166,8 @@ pub(crate) fn extract(msg: &Message<'_>, raw: &[u8]) -> Content {
             content_type: f.content_type,
             is_inline: f.is_inline,
             content_id: f.content_id,
-            bytes: f.bytes,
+            size: f.size,
+            data: f.data,
         });
     }
 
@@ -195,6 +202,28 @@ fn type_of(p: &MessagePart<'_>) -> (String, String) {
         ),
         None => ("text".into(), "plain".into()),
     }
+}
+
+/// The attachment's decoded size and bytes. A large base64 binary part stays in the spool as a
+/// range (decoded again while it is uploaded); anything else is copied out of the parsed message.
+fn part_data(p: &MessagePart<'_>, raw: &[u8], shift: usize) -> (usize, AttachmentData) {
+    let size = p.contents().len();
+    let streamable = p.encoding == Encoding::Base64
+        && !p.is_encoding_problem
+        && matches!(p.body, PartType::Binary(_) | PartType::InlineBinary(_))
+        && size >= MAX_INLINE_ATTACHMENT_BYTES;
+    let start = (p.offset_body as usize).checked_sub(shift);
+    let end = (p.offset_end as usize).checked_sub(shift);
+    if streamable && let (Some(start), Some(end)) = (start, end) {
+        return (
+            size,
+            AttachmentData::Base64 {
+                encoded: start..end,
+            },
+        );
+    }
+    let bytes = part_bytes(p, raw);
+    (bytes.len(), AttachmentData::Bytes(bytes.into()))
 }
 
 /// The attachment's bytes as the sender attached them: transfer encoding removed. Text parts in
@@ -358,7 +387,14 @@ mod tests {
 
     fn content(raw: &[u8]) -> Content {
         let msg = MessageParser::new().parse(raw).expect("parses");
-        extract(&msg, raw)
+        extract(&msg, raw, 0)
+    }
+
+    fn bytes(part: &LargeAttachment) -> &[u8] {
+        match &part.data {
+            AttachmentData::Bytes(b) => b,
+            AttachmentData::Base64 { .. } => panic!("{} is streamed", part.name),
+        }
     }
 
     #[test]
@@ -380,7 +416,7 @@ mod tests {
         assert!(c.parts[0].is_inline);
         assert_eq!(c.parts[0].content_id.as_deref(), Some("logo@x"));
         assert_eq!(c.parts[0].name, "attachment-1.png");
-        assert_eq!(c.parts[0].bytes, b"\x89PNG\r\n");
+        assert_eq!(bytes(&c.parts[0]), b"\x89PNG\r\n");
         assert!(!c.parts[1].is_inline);
         assert_eq!(c.parts[1].name, "attachment-2.gif");
     }
@@ -409,6 +445,6 @@ mod tests {
         let c = content(b"From: a@b\r\nContent-Type: multipart/mixed; boundary=B\r\n\r\n--B\r\nContent-Type: text/plain\r\n\r\nsee csv\r\n--B\r\nContent-Type: text/csv; charset=windows-1252; name=\"x.csv\"\r\nContent-Disposition: attachment; filename=\"x.csv\"\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\ncaf=E9;=80\r\n--B--\r\n");
         assert_eq!(c.parts.len(), 1);
         assert_eq!(c.parts[0].name, "x.csv");
-        assert_eq!(c.parts[0].bytes, b"caf\xe9;\x80");
+        assert_eq!(bytes(&c.parts[0]), b"caf\xe9;\x80");
     }
 }

@@ -11,6 +11,7 @@
 //!   `/attachments` below 3 MB, `createUploadSession` from 3 MB), then `POST .../send`.
 //!   Graph has no `saveToSentItems` for a sent draft.
 
+pub mod base64_stream;
 pub mod graph_json;
 
 mod body;
@@ -22,8 +23,10 @@ mod sender;
 mod text;
 
 use std::io;
+use std::ops::Range;
 
 use base64::Engine as _;
+use bytes::Bytes;
 use mail_parser::MessageParser;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -105,7 +108,8 @@ pub enum PlanRequest {
     },
 }
 
-/// An attachment added to a draft after it is created.
+/// An attachment: inline in the message JSON when small, else added to a draft after it is
+/// created.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LargeAttachment {
     pub name: String,
@@ -113,20 +117,51 @@ pub struct LargeAttachment {
     pub is_inline: bool,
     /// Without angle brackets.
     pub content_id: Option<String>,
-    /// Decoded bytes.
-    pub bytes: Vec<u8>,
+    /// Decoded size in bytes.
+    pub size: usize,
+    pub data: AttachmentData,
+}
+
+/// Where an attachment's decoded bytes are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AttachmentData {
+    /// Decoded, in memory.
+    Bytes(Bytes),
+    /// Base64 text at this byte range of the spooled message, decoded a chunk at a time while
+    /// it is uploaded (see [`base64_stream`]) so a big attachment is never held whole. Only parts of
+    /// at least [`MAX_INLINE_ATTACHMENT_BYTES`], which always go through an upload session.
+    Base64 { encoded: Range<usize> },
 }
 
 impl LargeAttachment {
-    /// The same attachment as an inline JSON `fileAttachment`.
-    pub fn to_file_attachment(&self) -> FileAttachment {
-        FileAttachment::new(
+    /// The same attachment as an inline JSON `fileAttachment`; `None` when its bytes are not in
+    /// memory (then it is too big to go inline anyway).
+    pub fn to_file_attachment(&self) -> Option<FileAttachment> {
+        let AttachmentData::Bytes(bytes) = &self.data else {
+            return None;
+        };
+        Some(FileAttachment::new(
             self.name.clone(),
             self.content_type.clone(),
-            &self.bytes,
+            bytes,
             self.is_inline,
             self.content_id.clone(),
-        )
+        ))
+    }
+
+    /// All decoded bytes. `raw` is the spooled message the plan was made from; `None` when a
+    /// base64 range does not decode (the message is not the one the plan was made from).
+    pub fn decoded(&self, raw: &[u8]) -> Option<Bytes> {
+        match &self.data {
+            AttachmentData::Bytes(bytes) => Some(bytes.clone()),
+            AttachmentData::Base64 { encoded } => {
+                let mut out = Vec::with_capacity(self.size);
+                base64_stream::Base64Decoder::default()
+                    .feed(raw.get(encoded.clone())?, &mut out)
+                    .ok()?;
+                (out.len() == self.size).then(|| out.into())
+            }
+        }
     }
 }
 
@@ -232,7 +267,10 @@ pub fn convert(
             .collect();
     }
 
-    let content = body::extract(&msg, parsed);
+    // Repairing the header section lengthens it; body offsets in `parsed` are this far past
+    // the same bytes in `raw` (the spooled file the uploads read from).
+    let shift = parsed.len() - raw.len();
+    let content = body::extract(&msg, parsed, shift);
     let fields = headers::raw_fields(&msg, parsed);
     let reply_to: Vec<Recipient> = if reply_to.is_empty() {
         sender.reply_to.iter().map(|a| a.recipient()).collect()
@@ -273,12 +311,13 @@ fn plan_request(
     parts: &[LargeAttachment],
     save_to_sent_items: bool,
 ) -> Result<PlanRequest, ConvertError> {
-    let total: usize = parts.iter().map(|p| p.bytes.len()).sum();
-    if base64_len(total) < MAX_REQUEST_BYTES {
-        message.attachments = parts
-            .iter()
-            .map(LargeAttachment::to_file_attachment)
-            .collect();
+    let total: usize = parts.iter().map(|p| p.size).sum();
+    let inline: Option<Vec<FileAttachment>> = parts
+        .iter()
+        .map(LargeAttachment::to_file_attachment)
+        .collect();
+    if let Some(inline) = inline.filter(|_| base64_len(total) < MAX_REQUEST_BYTES) {
+        message.attachments = inline;
         let send = SendMail {
             message,
             save_to_sent_items,
@@ -298,8 +337,9 @@ fn plan_request(
     }
     let mut uploads = Vec::new();
     for p in parts {
-        if p.bytes.len() < MAX_INLINE_ATTACHMENT_BYTES {
-            let fa = p.to_file_attachment();
+        if p.size < MAX_INLINE_ATTACHMENT_BYTES
+            && let Some(fa) = p.to_file_attachment()
+        {
             let len = json_len(&fa) + 1;
             if used + len < MAX_REQUEST_BYTES {
                 used += len;
@@ -355,7 +395,8 @@ impl GraphPlan {
     /// The plan as reviewable JSON (used by `examples/eml2graph.rs` and the corpus goldens):
     /// `{"mailbox", "recipients", "request": "sendMail"|"mime"|"draft", ...}` with the sendMail
     /// body, the decoded MIME text, or the draft message plus uploads (name, type, size, sha256).
-    pub fn describe(&self) -> serde_json::Value {
+    /// `raw` is the message the plan was made from (uploads may point into it).
+    pub fn describe(&self, raw: &[u8]) -> serde_json::Value {
         use serde_json::json;
         let mailbox = self.mailbox.path();
         match &self.request {
@@ -386,8 +427,9 @@ impl GraphPlan {
                     "contentType": u.content_type,
                     "isInline": u.is_inline,
                     "contentId": u.content_id,
-                    "size": u.bytes.len(),
-                    "sha256": hex(&Sha256::digest(&u.bytes)),
+                    "size": u.size,
+                    "streamed": matches!(u.data, AttachmentData::Base64 { .. }),
+                    "sha256": u.decoded(raw).map(|b| hex(&Sha256::digest(&b))),
                 })).collect::<Vec<_>>(),
             }),
         }

@@ -246,15 +246,20 @@ fn size_switch_to_draft() {
     assert_eq!(s.message.attachments[0].name, "f0.bin");
 
     // 3.2 MB does not: draft, and the attachment (>= 3 MB) goes to uploads
-    let plan = one(&with_attachments(&[3_200_000, 1000]), &envelope, &opts());
+    let raw = with_attachments(&[3_200_000, 1000]);
+    let plan = one(&raw, &envelope, &opts());
     let PlanRequest::Draft { message, uploads } = &plan.request else {
-        panic!("expected draft, got {:?}", plan.describe()["request"]);
+        panic!("expected draft, got {:?}", plan.describe(&raw)["request"]);
     };
     assert_eq!(message.attachments.len(), 1);
     assert_eq!(message.attachments[0].name, "f1.bin");
     assert_eq!(uploads.len(), 1);
     assert_eq!(uploads[0].name, "f0.bin");
-    assert_eq!(uploads[0].bytes.len(), 3_200_000);
+    assert_eq!(uploads[0].size, 3_200_000);
+    // Streamed from the spool, decoding to what was attached.
+    assert!(matches!(uploads[0].data, AttachmentData::Base64 { .. }));
+    let expected: Vec<u8> = (0..3_200_000usize).map(|n| (n * 7) as u8).collect();
+    assert!(uploads[0].decoded(&raw).is_some_and(|b| b == expected));
     assert_eq!(message.to_recipients.len(), 1);
 
     // two 2 MB files: each small, but not both inline

@@ -6,8 +6,10 @@ pub mod backoff;
 mod graph;
 mod outbox;
 mod queue;
+pub mod source;
 pub mod steps;
 
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -18,7 +20,7 @@ pub use outbox::Outbox;
 pub use queue::{QueueManager, RetryPolicy, apply_failure};
 
 use crate::convert::GraphPlan;
-use crate::spool::{LastError, QueueId};
+use crate::spool::{DraftNote, LastError, QueueId};
 
 /// Why a delivery attempt did not succeed, by what happens to the message next.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -40,10 +42,31 @@ pub enum DeliveryError {
     Missing(String),
 }
 
-/// Sends one Graph plan. `part` numbers the plans of a split message (0 for the first).
+/// One Graph message to deliver.
+pub struct Delivery<'a> {
+    pub id: &'a QueueId,
+    /// Numbers the plans of a split message (0 for the first).
+    pub part: usize,
+    pub plan: &'a GraphPlan,
+    /// The spooled `.eml` the plan was made from: streamed attachments are read from it.
+    pub message: &'a Path,
+    /// Where this part's draft is recorded (the big-mail path).
+    pub drafts: &'a dyn DraftLog,
+}
+
+/// Sends one Graph plan.
 #[async_trait]
 pub trait Transport: Send + Sync + 'static {
-    async fn send(&self, id: &QueueId, part: usize, plan: &GraphPlan) -> Result<(), DeliveryError>;
+    async fn send(&self, delivery: &Delivery<'_>) -> Result<(), DeliveryError>;
+}
+
+/// The spool record's memory of the drafts a message has in the mailbox.
+#[async_trait]
+pub trait DraftLog: Send + Sync {
+    /// The draft an earlier attempt left for `part`.
+    fn previous(&self, part: usize) -> Option<DraftNote>;
+    /// Durably records `part`'s draft (`None`: it has none) before the next request is made.
+    async fn record(&self, part: usize, note: Option<DraftNote>) -> Result<(), String>;
 }
 
 /// Graph request latency for `/metrics`: a Prometheus histogram with fixed buckets.

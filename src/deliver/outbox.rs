@@ -2,13 +2,15 @@
 //! instead of calling Graph. A single sendMail is `{"method","url","body"}`; the draft path is
 //! `{"requests":[...]}` in order. Split messages add `<id>.<part>.json` for parts after the first.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
-use serde_json::json;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
 
+use super::source::AttachmentReader;
 use super::steps::{describe, steps};
-use super::{DeliveryError, Transport};
+use super::{Delivery, DeliveryError, Transport};
 use crate::convert::GraphPlan;
 use crate::spool::{LastError, QueueId};
 
@@ -32,10 +34,28 @@ impl Outbox {
         }
     }
 
-    fn document(&self, plan: &GraphPlan) -> serde_json::Value {
-        let mut described: Vec<_> = steps(plan)
+    /// The requests of `plan`; upload chunks are read from `message` for their sha256.
+    /// Blocking.
+    fn document(graph_url: &str, plan: &GraphPlan, message: &Path) -> Value {
+        // One reader per attachment, kept while its chunks are read in order.
+        let mut reader: Option<(String, AttachmentReader)> = None;
+        let mut hash = |attachment: &crate::convert::LargeAttachment, range| {
+            if reader
+                .as_ref()
+                .is_none_or(|(name, _)| *name != attachment.name)
+            {
+                let fresh = AttachmentReader::new(attachment, message);
+                reader = Some((attachment.name.clone(), fresh));
+            }
+            let (_, r) = reader.as_mut().expect("set above");
+            match r.read(range) {
+                Ok(bytes) => json!(hex(&Sha256::digest(&bytes))),
+                Err(e) => json!(format!("unreadable: {e}")),
+            }
+        };
+        let mut described: Vec<Value> = steps(plan)
             .iter()
-            .map(|s| describe(s, &self.graph_url))
+            .flat_map(|s| describe(s, graph_url, &mut hash))
             .collect();
         if described.len() == 1 {
             described.remove(0)
@@ -45,15 +65,24 @@ impl Outbox {
     }
 }
 
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 #[async_trait]
 impl Transport for Outbox {
-    async fn send(&self, id: &QueueId, part: usize, plan: &GraphPlan) -> Result<(), DeliveryError> {
-        let mut bytes =
-            serde_json::to_vec_pretty(&self.document(plan)).expect("JSON always serializes");
-        bytes.push(b'\n');
-        let path = self.file_for(id, part);
+    async fn send(&self, d: &Delivery<'_>) -> Result<(), DeliveryError> {
+        let path = self.file_for(d.id, d.part);
         let dir = self.dir.clone();
+        let (graph_url, plan, message) = (
+            self.graph_url.clone(),
+            d.plan.clone(),
+            d.message.to_path_buf(),
+        );
         let write = tokio::task::spawn_blocking(move || {
+            let document = Outbox::document(&graph_url, &plan, &message);
+            let mut bytes = serde_json::to_vec_pretty(&document).expect("JSON always serializes");
+            bytes.push(b'\n');
             let tmp = path.with_extension("json.tmp");
             let write_once =
                 || std::fs::write(&tmp, &bytes).and_then(|()| std::fs::rename(&tmp, &path));

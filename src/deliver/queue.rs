@@ -12,11 +12,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, error, info, info_span, warn};
 
 use super::backoff::{Backoff, jitter};
-use super::{DeliveryError, Transport};
+use super::{Delivery, DeliveryError, DraftLog, Transport};
 use crate::auth::{TokenSource, TokenState};
 use crate::clock::Clock;
-use crate::convert::{ConvertOptions, convert};
-use crate::spool::{Area, LastError, QueueId, Record, Spool, SpoolError, State};
+use crate::convert::{ConvertOptions, GraphPlan, convert};
+use crate::spool::{Area, DraftNote, LastError, QueueId, Record, Spool, SpoolError, State};
 use crate::status::Counters;
 
 /// Graph allows four concurrent requests per mailbox.
@@ -295,39 +295,21 @@ impl QueueManager {
     }
 
     /// Delivers one message; returns its record when it stays queued (retry or hold).
-    async fn deliver(&self, mut record: Record) -> Option<Record> {
-        let raw = match self.read_message(&record.id).await {
-            Ok(raw) => raw,
-            Err(SpoolError::NotFound(_)) => return None, // deleted meanwhile
-            Err(e) => {
-                error!(error = %e, "cannot read the message; the next rescan retries it");
-                return None;
-            }
-        };
-        let options = self.options.read().expect("options lock").clone();
-        let plans = match convert(&raw, &record.envelope, &options) {
+    async fn deliver(&self, record: Record) -> Option<Record> {
+        let plans = match self.plans(&record).await {
             Ok(plans) => plans,
-            Err(e) => {
-                let error = LastError {
-                    status: None,
-                    code: "ConversionFailed".into(),
-                    message: e.to_string(),
-                };
-                // A missing `microsoft.sender` is fixed in the config, not in the message.
-                let failure = if e.is_permanent() {
-                    DeliveryError::Permanent(error)
-                } else {
-                    DeliveryError::Transient {
-                        error,
-                        retry_after: None,
-                    }
-                };
-                return self.finish(record, Err(failure)).await;
-            }
+            Err(None) => return None,
+            Err(Some(failure)) => return self.finish(record, Err(failure)).await,
         };
+        let id = record.id.clone();
+        let message = self.spool.message_path(Area::Queue, &id);
         let total = plans.len();
+        let log = RecordLog {
+            record: Mutex::new(record),
+            spool: self.spool.clone(),
+        };
         for (part, plan) in plans.iter().enumerate() {
-            if record.parts_done.contains(&part) {
+            if log.snapshot().parts_done.contains(&part) {
                 continue;
             }
             let semaphore = self.mailbox_semaphore(&plan.mailbox.path());
@@ -335,18 +317,60 @@ impl QueueManager {
                 .acquire()
                 .await
                 .expect("mailbox semaphores are never closed");
-            match self.transport.send(&record.id, part, plan).await {
+            let delivery = Delivery {
+                id: &id,
+                part,
+                plan,
+                message: &message,
+                drafts: &log,
+            };
+            let outcome = self.transport.send(&delivery).await;
+            let mut record = log.snapshot();
+            match outcome {
                 Ok(()) => {
                     record.parts_done.push(part);
+                    record.set_draft(part, None);
                     if record.parts_done.len() < total {
                         // Remember progress, so a crash or retry never resends a part.
                         self.persist(record.clone()).await;
                     }
+                    *log.record.lock().expect("record lock") = record;
                 }
                 Err(e) => return self.finish(record, Err(e)).await,
             }
         }
-        self.finish(record, Ok(())).await
+        self.finish(log.snapshot(), Ok(())).await
+    }
+
+    /// Reads and converts the message. The raw bytes are dropped before anything is sent: big
+    /// attachments are read from the spool again, a chunk at a time. `Err(None)`: nothing to do
+    /// now (deleted meanwhile, or unreadable until the next rescan).
+    async fn plans(&self, record: &Record) -> Result<Vec<GraphPlan>, Option<DeliveryError>> {
+        let raw = match self.read_message(&record.id).await {
+            Ok(raw) => raw,
+            Err(SpoolError::NotFound(_)) => return Err(None), // deleted meanwhile
+            Err(e) => {
+                error!(error = %e, "cannot read the message; the next rescan retries it");
+                return Err(None);
+            }
+        };
+        let options = self.options.read().expect("options lock").clone();
+        convert(&raw, &record.envelope, &options).map_err(|e| {
+            let error = LastError {
+                status: None,
+                code: "ConversionFailed".into(),
+                message: e.to_string(),
+            };
+            // A missing `microsoft.sender` is fixed in the config, not in the message.
+            Some(if e.is_permanent() {
+                DeliveryError::Permanent(error)
+            } else {
+                DeliveryError::Transient {
+                    error,
+                    retry_after: None,
+                }
+            })
+        })
     }
 
     async fn finish(&self, record: Record, outcome: Result<(), DeliveryError>) -> Option<Record> {
@@ -424,6 +448,43 @@ impl QueueManager {
         map.entry(mailbox.to_ascii_lowercase())
             .or_insert_with(|| Arc::new(Semaphore::new(PER_MAILBOX)))
             .clone()
+    }
+}
+
+/// The record of the message being delivered, as the transport's [`DraftLog`]: each change is
+/// written to the spool before the transport goes on.
+struct RecordLog {
+    record: Mutex<Record>,
+    spool: Spool,
+}
+
+impl RecordLog {
+    fn snapshot(&self) -> Record {
+        self.record.lock().expect("record lock").clone()
+    }
+}
+
+#[async_trait::async_trait]
+impl DraftLog for RecordLog {
+    fn previous(&self, part: usize) -> Option<DraftNote> {
+        self.record
+            .lock()
+            .expect("record lock")
+            .draft(part)
+            .cloned()
+    }
+
+    async fn record(&self, part: usize, note: Option<DraftNote>) -> Result<(), String> {
+        let updated = {
+            let mut record = self.record.lock().expect("record lock");
+            record.set_draft(part, note);
+            record.clone()
+        };
+        let spool = self.spool.clone();
+        tokio::task::spawn_blocking(move || spool.update(&updated))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())
     }
 }
 
@@ -650,12 +711,7 @@ mod tests {
 
     #[async_trait::async_trait]
     impl Transport for NeverCalled {
-        async fn send(
-            &self,
-            _: &QueueId,
-            _: usize,
-            _: &crate::convert::GraphPlan,
-        ) -> Result<(), DeliveryError> {
+        async fn send(&self, _: &Delivery<'_>) -> Result<(), DeliveryError> {
             panic!("nothing may be sent while the token is dead");
         }
     }

@@ -1,9 +1,10 @@
 //! The HTTP requests one Graph plan takes, in order, as data: one sendMail POST, or the draft
-//! path (create → upload sessions → PUT ranges → send). The Graph transport executes them; the
+//! path (create → attachments / upload sessions → send). The Graph transport executes them; the
 //! dry-run outbox writes them down. Pure: no I/O.
 
+use std::ops::Range;
+
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 
 use crate::convert::{GraphPlan, LargeAttachment, MAX_INLINE_ATTACHMENT_BYTES, PlanRequest};
 
@@ -25,16 +26,17 @@ pub enum Step<'a> {
     },
     /// POST base64 MIME as `text/plain` (signed or encrypted mail).
     PostMime { path: String, base64: &'a str },
-    /// POST `createUploadSession` for one large attachment; the answer carries its upload URL.
-    CreateUpload { path: String, body: Value },
-    /// PUT one byte range to the last upload URL, without an Authorization header.
-    PutRange {
+    /// POST the draft message; 201 carries the id that replaces [`MESSAGE_ID`] in later paths.
+    CreateDraft { path: String, body: Value },
+    /// POST `createUploadSession` for one large attachment, then PUT its bytes in [`chunks`] to
+    /// the upload URL it returns, without an Authorization header.
+    Upload {
+        path: String,
+        body: Value,
         attachment: &'a LargeAttachment,
-        start: usize,
-        end: usize,
     },
-    /// POST with an empty body (`/send`).
-    PostEmpty { path: String, expect: u16 },
+    /// POST the draft's `/send` (empty body); 202.
+    SendDraft { path: String },
 }
 
 /// The requests for `plan`, in the order they must run.
@@ -52,41 +54,29 @@ pub fn steps(plan: &GraphPlan) -> Vec<Step<'_>> {
         }],
         PlanRequest::Draft { message, uploads } => {
             let draft = format!("{mailbox}/messages/{MESSAGE_ID}");
-            let mut steps = vec![Step::PostJson {
+            let mut steps = vec![Step::CreateDraft {
                 path: format!("{mailbox}/messages"),
                 body: serde_json::to_value(message).expect("Graph JSON always serializes"),
-                expect: 201,
             }];
             for attachment in uploads {
-                if attachment.bytes.len() < MAX_INLINE_ATTACHMENT_BYTES {
-                    // Upload sessions refuse files under 3 MB; those are posted whole.
+                // Upload sessions refuse files under 3 MB; those are posted whole.
+                let small = attachment.size < MAX_INLINE_ATTACHMENT_BYTES;
+                if small && let Some(inline) = attachment.to_file_attachment() {
                     steps.push(Step::PostJson {
                         path: format!("{draft}/attachments"),
-                        body: serde_json::to_value(attachment.to_file_attachment())
-                            .expect("Graph JSON always serializes"),
+                        body: serde_json::to_value(inline).expect("Graph JSON always serializes"),
                         expect: 201,
                     });
                     continue;
                 }
-                steps.push(Step::CreateUpload {
+                steps.push(Step::Upload {
                     path: format!("{draft}/attachments/createUploadSession"),
                     body: upload_session_body(attachment),
+                    attachment,
                 });
-                let size = attachment.bytes.len();
-                let mut start = 0;
-                while start < size {
-                    let end = (start + UPLOAD_CHUNK).min(size);
-                    steps.push(Step::PutRange {
-                        attachment,
-                        start,
-                        end,
-                    });
-                    start = end;
-                }
             }
-            steps.push(Step::PostEmpty {
+            steps.push(Step::SendDraft {
                 path: format!("{draft}/send"),
-                expect: 202,
             });
             steps
         }
@@ -97,7 +87,7 @@ fn upload_session_body(attachment: &LargeAttachment) -> Value {
     let mut item = json!({
         "attachmentType": "file",
         "name": attachment.name,
-        "size": attachment.bytes.len(),
+        "size": attachment.size,
         "contentType": attachment.content_type,
     });
     if attachment.is_inline {
@@ -109,44 +99,57 @@ fn upload_session_body(attachment: &LargeAttachment) -> Value {
     json!({ "AttachmentItem": item })
 }
 
-/// `Content-Range` of a PUT: `bytes start-last/total` (inclusive end).
-pub fn content_range(start: usize, end: usize, total: usize) -> String {
-    format!("bytes {start}-{}/{total}", end - 1)
+/// The byte range of the PUT that starts at `start`: one [`UPLOAD_CHUNK`], or the rest.
+pub fn chunk_at(start: usize, total: usize) -> Range<usize> {
+    start..(start + UPLOAD_CHUNK).min(total)
 }
 
-/// How the dry-run outbox shows a step: full JSON bodies, upload PUTs by range, size and sha256.
-pub fn describe(step: &Step<'_>, graph_url: &str) -> Value {
+/// Every PUT of an upload that goes well, in order.
+pub fn chunks(total: usize) -> impl Iterator<Item = Range<usize>> {
+    (0..total)
+        .step_by(UPLOAD_CHUNK)
+        .map(move |start| chunk_at(start, total))
+}
+
+/// `Content-Range` of a PUT: `bytes start-last/total` (inclusive end).
+pub fn content_range(range: &Range<usize>, total: usize) -> String {
+    format!("bytes {}-{}/{total}", range.start, range.end - 1)
+}
+
+/// How the dry-run outbox shows a step: full JSON bodies; an upload as its session request and
+/// its PUTs by range, each with `hash(range)` (the chunk's sha256, read from the spool).
+pub fn describe(
+    step: &Step<'_>,
+    graph_url: &str,
+    mut hash: impl FnMut(&LargeAttachment, Range<usize>) -> Value,
+) -> Vec<Value> {
     let url = |path: &str| format!("{}{path}", graph_url.trim_end_matches('/'));
     match step {
-        Step::PostJson { path, body, .. } => {
-            json!({"method": "POST", "url": url(path), "body": body})
+        Step::PostJson { path, body, .. } | Step::CreateDraft { path, body } => {
+            vec![json!({"method": "POST", "url": url(path), "body": body})]
         }
-        Step::PostMime { path, base64 } => json!({
+        Step::PostMime { path, base64 } => vec![json!({
             "method": "POST", "url": url(path), "content_type": "text/plain", "body": base64,
-        }),
-        Step::CreateUpload { path, body } => {
-            json!({"method": "POST", "url": url(path), "body": body})
-        }
-        Step::PutRange {
+        })],
+        Step::Upload {
+            path,
+            body,
             attachment,
-            start,
-            end,
         } => {
-            let bytes = &attachment.bytes[*start..*end];
-            json!({
-                "method": "PUT",
-                "url": "{uploadUrl}",
-                "content_range": content_range(*start, *end, attachment.bytes.len()),
-                "size": bytes.len(),
-                "sha256": hex(&Sha256::digest(bytes)),
-            })
+            let session = json!({"method": "POST", "url": url(path), "body": body});
+            let puts = chunks(attachment.size).map(|range| {
+                json!({
+                    "method": "PUT",
+                    "url": "{uploadUrl}",
+                    "content_range": content_range(&range, attachment.size),
+                    "size": range.len(),
+                    "sha256": hash(attachment, range),
+                })
+            });
+            std::iter::once(session).chain(puts).collect()
         }
-        Step::PostEmpty { path, .. } => json!({"method": "POST", "url": url(path)}),
+        Step::SendDraft { path } => vec![json!({"method": "POST", "url": url(path)})],
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]
@@ -156,9 +159,34 @@ mod tests {
     #[test]
     fn content_range_is_inclusive() {
         assert_eq!(
-            content_range(0, UPLOAD_CHUNK, 5_000_000),
+            content_range(&chunk_at(0, 5_000_000), 5_000_000),
             "bytes 0-3276799/5000000"
         );
+        assert_eq!(
+            content_range(&chunk_at(UPLOAD_CHUNK, 5_000_000), 5_000_000),
+            "bytes 3276800-4999999/5000000"
+        );
+    }
+
+    #[test]
+    fn chunks_cover_every_byte_once() {
+        for total in [
+            1,
+            UPLOAD_CHUNK - 1,
+            UPLOAD_CHUNK,
+            UPLOAD_CHUNK + 1,
+            31_457_280,
+        ] {
+            let ranges: Vec<_> = chunks(total).collect();
+            assert_eq!(ranges.first().map(|r| r.start), Some(0));
+            assert_eq!(ranges.last().map(|r| r.end), Some(total));
+            assert!(ranges.windows(2).all(|w| w[0].end == w[1].start));
+            assert!(
+                ranges
+                    .iter()
+                    .all(|r| !r.is_empty() && r.len() <= UPLOAD_CHUNK)
+            );
+        }
     }
 
     // Outlook takes PUTs of at most 4 MiB; driveItem-style sessions want 320 KiB multiples.

@@ -11,5 +11,5 @@ mod admin;
 
 pub use admin::{QueueCounts, list_line};
 pub use envelope::{Envelope, QueueId};
-pub use record::{LastError, Record, State};
+pub use record::{DraftNote, LastError, Record, State};
 pub use store::{Area, ScanReport, Spool, SpoolError, WriteHook};

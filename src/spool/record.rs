@@ -69,6 +69,37 @@ pub struct Record {
     /// a retry sends only the rest, so nobody gets the mail twice.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub parts_done: Vec<usize>,
+    /// Drafts the big-mail path has in the mailbox, so the next attempt (after a failure or a
+    /// crash) deletes an unsent one or finds out whether a sent one went, instead of sending a
+    /// second copy.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drafts: Vec<DraftNote>,
+}
+
+/// One Graph draft of part `part` of a message. Written to the spool right after Graph created
+/// it, and again (`send_tried`) right before its `/send`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DraftNote {
+    #[serde(default)]
+    pub part: usize,
+    /// The draft's immutable id.
+    pub id: String,
+    /// `/send` was (or was about to be) requested: the draft may have been sent.
+    #[serde(default)]
+    pub send_tried: bool,
+}
+
+impl Record {
+    /// The draft recorded for `part`, if any.
+    pub fn draft(&self, part: usize) -> Option<&DraftNote> {
+        self.drafts.iter().find(|d| d.part == part)
+    }
+
+    /// Records `note` as the draft of `part` (`None`: it has none).
+    pub fn set_draft(&mut self, part: usize, note: Option<DraftNote>) {
+        self.drafts.retain(|d| d.part != part);
+        self.drafts.extend(note);
+    }
 }
 
 impl Record {
@@ -84,6 +115,7 @@ impl Record {
             last_error: None,
             size,
             parts_done: Vec::new(),
+            drafts: Vec::new(),
         }
     }
 

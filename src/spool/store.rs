@@ -118,7 +118,8 @@ impl Spool {
         self.dir(area.dir_name())
     }
 
-    fn eml_path(&self, area: Area, id: &QueueId) -> PathBuf {
+    /// The `.eml` of a message (streamed attachments are read from it while it is delivered).
+    pub fn message_path(&self, area: Area, id: &QueueId) -> PathBuf {
         self.area_dir(area).join(format!("{id}.eml"))
     }
 
@@ -141,14 +142,14 @@ impl Spool {
         let result = self
             .write_synced(&tmp_eml, message)
             .and_then(|()| self.write_synced(&tmp_json, &record.to_json()))
-            .and_then(|()| rename(&tmp_eml, &self.eml_path(Area::Queue, &id)))
+            .and_then(|()| rename(&tmp_eml, &self.message_path(Area::Queue, &id)))
             // The record's rename is the commit point.
             .and_then(|()| rename(&tmp_json, &self.json_path(Area::Queue, &id)))
             .and_then(|()| self.sync_area(Area::Queue));
         if result.is_err() {
             let _ = fs::remove_file(&tmp_eml);
             let _ = fs::remove_file(&tmp_json);
-            let _ = fs::remove_file(self.eml_path(Area::Queue, &id));
+            let _ = fs::remove_file(self.message_path(Area::Queue, &id));
             let _ = fs::remove_file(self.json_path(Area::Queue, &id));
         }
         result.map(|()| record)
@@ -184,12 +185,12 @@ impl Spool {
             return self.update(record);
         }
         let id = &record.id;
-        let from_eml = self.eml_path(from, id);
+        let from_eml = self.message_path(from, id);
         if !from_eml.exists() {
             return Err(SpoolError::NotFound(id.clone()));
         }
         self.replace_json(record, &self.json_path(to, id))?;
-        rename(&from_eml, &self.eml_path(to, id))?;
+        rename(&from_eml, &self.message_path(to, id))?;
         remove(&self.json_path(from, id))?;
         self.sync_area(from)
     }
@@ -212,7 +213,7 @@ impl Spool {
             let json = self.json_path(area, id);
             if json.exists() {
                 remove(&json)?;
-                remove(&self.eml_path(area, id))?;
+                remove(&self.message_path(area, id))?;
                 self.sync_area(area)?;
                 return Ok(area);
             }
@@ -239,7 +240,7 @@ impl Spool {
 
     /// The raw message as received.
     pub fn read_message(&self, id: &QueueId, area: Area) -> Result<Vec<u8>, SpoolError> {
-        let path = self.eml_path(area, id);
+        let path = self.message_path(area, id);
         fs::read(&path).map_err(|e| match e.kind() {
             io::ErrorKind::NotFound => SpoolError::NotFound(id.clone()),
             _ => SpoolError::io(&path, e),
@@ -286,12 +287,15 @@ impl Spool {
             };
             let dir = self.area_dir(area);
             for id in self.ids_with(&dir, "json")? {
-                if self.eml_path(area, &id).exists() {
+                if self.message_path(area, &id).exists() {
                     continue;
                 }
-                if self.eml_path(other, &id).exists() {
+                if self.message_path(other, &id).exists() {
                     // A move was cut short after its new record was written: finish it.
-                    rename(&self.eml_path(other, &id), &self.eml_path(area, &id))?;
+                    rename(
+                        &self.message_path(other, &id),
+                        &self.message_path(area, &id),
+                    )?;
                     remove(&self.json_path(other, &id))?;
                     report.moves_finished += 1;
                 } else if !self.json_path(other, &id).exists() {
@@ -308,7 +312,7 @@ impl Spool {
                     .any(|a| self.json_path(*a, &id).exists());
                 if !committed {
                     // Never committed, so never answered 250: nobody expects it delivered.
-                    remove(&self.eml_path(area, &id))?;
+                    remove(&self.message_path(area, &id))?;
                     report.orphans_removed += 1;
                 }
             }
@@ -471,14 +475,14 @@ mod tests {
         // A commit cut short before its record was renamed: never answered 250.
         fs::write(spool.dir("tmp").join("ABC.eml"), b"partial")?;
         let orphan = QueueId::generate();
-        fs::write(spool.eml_path(Area::Queue, &orphan), b"uncommitted")?;
+        fs::write(spool.message_path(Area::Queue, &orphan), b"uncommitted")?;
         // A move to failed/ cut short after the new record was written.
         let mut moving = spool.commit(&envelope(), b"moving", SystemTime::now())?;
         moving.state = State::Failed;
         spool.replace_json(&moving, &spool.json_path(Area::Failed, &moving.id))?;
         // A record whose message vanished, and one that is not JSON.
         let lost = spool.commit(&envelope(), b"lost", SystemTime::now())?;
-        fs::remove_file(spool.eml_path(Area::Queue, &lost.id))?;
+        fs::remove_file(spool.message_path(Area::Queue, &lost.id))?;
         let garbled = spool.commit(&envelope(), b"garbled", SystemTime::now())?;
         fs::write(spool.json_path(Area::Queue, &garbled.id), b"{not json")?;
         let good = spool.commit(&envelope(), b"good", SystemTime::now())?;

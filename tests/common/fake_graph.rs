@@ -165,6 +165,8 @@ pub enum Route {
     CancelUpload,
     /// `DELETE .../messages/{id}` (discarding an unsent draft).
     DeleteMessage,
+    /// `GET .../messages/{id}` (is a draft still a draft?).
+    GetMessage,
     SendDraft,
     Other,
 }
@@ -179,6 +181,8 @@ impl Route {
                 | Route::AddAttachment
                 | Route::CreateUploadSession
                 | Route::SendDraft
+                | Route::DeleteMessage
+                | Route::GetMessage
         )
     }
 }
@@ -624,6 +628,8 @@ struct Draft {
     message: Value,
     mime: Option<Vec<u8>>,
     attachments: Vec<StoredAttachment>,
+    /// Created with `Prefer: IdType="ImmutableId"`: the id stays valid once it is sent.
+    immutable_id: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -638,6 +644,9 @@ struct UploadSession {
     content_id: Option<String>,
     received: Vec<u8>,
     expires_at: SystemTime,
+    /// Expires once this many chunks arrived (scripted with `expire_upload_sessions`).
+    expires_after_chunks: Option<usize>,
+    chunks_received: usize,
 }
 
 struct St {
@@ -654,7 +663,11 @@ struct St {
     delay: Duration,
     sent: Vec<SentMessage>,
     drafts: HashMap<String, Draft>,
+    /// Immutable ids of sent drafts, with their mailbox: they still answer GET.
+    sent_drafts: HashMap<String, String>,
     sessions: HashMap<String, UploadSession>,
+    /// For each of the next upload sessions created: the chunk count after which it expires.
+    expiring_sessions: VecDeque<usize>,
     chunks: Vec<UploadChunk>,
     in_flight: HashMap<String, usize>,
     max_in_flight: HashMap<String, usize>,
@@ -722,7 +735,9 @@ impl FakeMicrosoft {
                 delay: Duration::ZERO,
                 sent: Vec::new(),
                 drafts: HashMap::new(),
+                sent_drafts: HashMap::new(),
                 sessions: HashMap::new(),
+                expiring_sessions: VecDeque::new(),
                 chunks: Vec::new(),
                 in_flight: HashMap::new(),
                 max_in_flight: HashMap::new(),
@@ -1045,6 +1060,12 @@ impl FakeMicrosoft {
     pub fn unsent_drafts(&self) -> usize {
         self.shared.lock().drafts.len()
     }
+    /// The next `sessions` upload sessions created expire after `chunks` chunks: their upload
+    /// URL then answers 404, as an expired one does.
+    pub fn expire_upload_sessions(&self, sessions: usize, chunks: usize) {
+        let mut st = self.shared.lock();
+        st.expiring_sessions.extend(std::iter::repeat_n(chunks, sessions));
+    }
     /// A readable log of every request and answer (used in panic messages).
     pub fn request_log(&self) -> String {
         format_log(&self.shared.lock())
@@ -1269,6 +1290,7 @@ fn classify(method: &Method, segs: &[String]) -> (Route, Option<String>) {
                 }
                 [m, _id, x] if eq(m, "messages") && eq(x, "send") => Route::SendDraft,
                 [m, _id] if eq(m, "messages") && *method == Method::DELETE => Route::DeleteMessage,
+                [m, _id] if eq(m, "messages") && *method == Method::GET => Route::GetMessage,
                 _ => Route::Other,
             };
             (route, mailbox)

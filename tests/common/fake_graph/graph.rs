@@ -242,9 +242,12 @@ pub(super) async fn handle(
     let rid = util::guid();
     let (token, mailbox, delay) = {
         let st = shared.lock();
-        if req.method != Method::POST
-            && !(route == Route::DeleteMessage && req.method == Method::DELETE)
-        {
+        let allowed = match route {
+            Route::DeleteMessage => Method::DELETE,
+            Route::GetMessage => Method::GET,
+            _ => Method::POST,
+        };
+        if req.method != allowed {
             return GraphError::new(
                 405,
                 "BadRequest",
@@ -305,6 +308,7 @@ pub(super) async fn handle(
                     }
                     Route::SendDraft => send_draft(&mut st, req, &mailbox),
                     Route::DeleteMessage => delete_message(&mut st, req, &mailbox),
+                    Route::GetMessage => get_message(&st, req, &mailbox),
                     _ => Err(GraphError::new(
                         404,
                         "BadRequest",
@@ -434,6 +438,9 @@ fn create_message(
         obj.insert("parentFolderId".into(), json!(util::item_id()));
         obj.insert("conversationId".into(), json!(util::item_id()));
     }
+    let immutable_id = req
+        .header("prefer")
+        .is_some_and(|p| p.replace(' ', "").contains("IdType=\"ImmutableId\""));
     st.drafts.insert(
         id.clone(),
         Draft {
@@ -442,6 +449,7 @@ fn create_message(
             message,
             mime,
             attachments,
+            immutable_id,
         },
     );
     Ok(Reply::json(201, &resp).header(
@@ -503,6 +511,7 @@ fn create_upload_session(
     let sid = util::item_id();
     let authtoken = util::random_b64url(48);
     let expires_at = SystemTime::now() + st.cfg.upload_session_lifetime;
+    let expires_after_chunks = st.expiring_sessions.pop_front();
     let url = format!(
         "{base}/upload/api/v2.0/Users('{}@{}')/Messages('{id}')/AttachmentSessions('{sid}')?authtoken={authtoken}",
         util::guid(),
@@ -521,6 +530,8 @@ fn create_upload_session(
             content_id: item.content_id,
             received: Vec::new(),
             expires_at,
+            expires_after_chunks,
+            chunks_received: 0,
         },
     );
     Ok(Reply::json(
@@ -532,6 +543,20 @@ fn create_upload_session(
             "nextExpectedRanges": ["0-"],
         }),
     ))
+}
+
+/// `GET .../messages/{id}`: a draft, or a sent draft created with an immutable id (any other
+/// sent draft moved to Sent Items under a new id: 404, as in Graph).
+fn get_message(st: &St, req: &Req, mailbox: &str) -> Result<Reply, GraphError> {
+    let id = message_id(req);
+    let is_draft = match st.drafts.get(&id) {
+        Some(d) if d.mailbox.eq_ignore_ascii_case(mailbox) => true,
+        _ => match st.sent_drafts.get(&id) {
+            Some(m) if m.eq_ignore_ascii_case(mailbox) => false,
+            _ => return Err(GraphError::new(404, "ErrorItemNotFound", ITEM_NOT_FOUND)),
+        },
+    };
+    Ok(Reply::json(200, &json!({ "id": id, "isDraft": is_draft })))
 }
 
 /// `DELETE .../messages/{id}`: 204, or 404 `ErrorItemNotFound`.
@@ -599,6 +624,9 @@ fn send_draft(st: &mut St, req: &Req, mailbox: &str) -> Result<Reply, GraphError
         }
     };
     st.drafts.remove(&id);
+    if draft.immutable_id {
+        st.sent_drafts.insert(id.clone(), draft.mailbox.clone());
+    }
     st.sessions.retain(|_, s| s.message_id != id);
     st.sent.push(sent);
     Ok(Reply::empty(202))
@@ -641,7 +669,10 @@ async fn upload(shared: &Arc<Shared>, req: &Req, route: Route) -> Reply {
             r.mailbox = Some(sess.mailbox.clone());
             return r;
         }
-        if SystemTime::now() > sess.expires_at {
+        let used_up = sess
+            .expires_after_chunks
+            .is_some_and(|n| sess.chunks_received >= n);
+        if used_up || SystemTime::now() > sess.expires_at {
             return GraphError::new(
                 404,
                 "ErrorItemNotFound",
@@ -765,6 +796,9 @@ fn put_chunk(st: &mut St, base: &str, req: &Req, sid: &str) -> Result<Reply, Gra
         ));
     }
     sess.received.extend_from_slice(&req.body);
+    sess.chunks_received += 1;
+    // Graph: "each fragment uploaded during the session extends the expiration time".
+    sess.expires_at = SystemTime::now() + st.cfg.upload_session_lifetime;
     let chunk = UploadChunk {
         session: sid.to_string(),
         start,
