@@ -115,18 +115,18 @@ impl GraphTransport {
 
     /// Settles what an earlier attempt left behind, then runs the plan's steps.
     async fn attempt(&self, d: &Delivery<'_>, token: &AccessToken) -> Result<(), Failure> {
-        if let Some(note) = d.drafts.previous(d.part) {
-            if self.settle(d, &note, token).await? == Settled::Sent {
-                return Ok(());
-            }
+        if let Some(note) = d.drafts.previous(d.part)
+            && self.settle(d, &note, token).await? == Settled::Sent
+        {
+            return Ok(());
         }
         let mut draft = None;
         let result = self.run_steps(d, token, &mut draft).await;
-        if let (Err(failure), Some(note)) = (&result, draft) {
-            if !note.send_tried || failure.proves_unsent() {
-                // Never sent: delete it, so retries do not pile drafts up in the mailbox.
-                self.discard_draft(d, &note.id, token).await;
-            }
+        if let (Err(failure), Some(note)) = (&result, draft)
+            && (!note.send_tried || failure.proves_unsent())
+        {
+            // Never sent: delete it, so retries do not pile drafts up in the mailbox.
+            self.discard_draft(d, &note.id, token).await;
         }
         result
     }

@@ -668,6 +668,8 @@ struct St {
     sessions: HashMap<String, UploadSession>,
     /// For each of the next upload sessions created: the chunk count after which it expires.
     expiring_sessions: VecDeque<usize>,
+    /// Routes whose next request is carried out but answered 504 (the answer "got lost").
+    lost_replies: Vec<Route>,
     chunks: Vec<UploadChunk>,
     in_flight: HashMap<String, usize>,
     max_in_flight: HashMap<String, usize>,
@@ -738,6 +740,7 @@ impl FakeMicrosoft {
                 sent_drafts: HashMap::new(),
                 sessions: HashMap::new(),
                 expiring_sessions: VecDeque::new(),
+                lost_replies: Vec::new(),
                 chunks: Vec::new(),
                 in_flight: HashMap::new(),
                 max_in_flight: HashMap::new(),
@@ -1060,11 +1063,17 @@ impl FakeMicrosoft {
     pub fn unsent_drafts(&self) -> usize {
         self.shared.lock().drafts.len()
     }
+    /// The next request on `route` is carried out, then answered `504 GatewayTimeout`, as when
+    /// Graph did the work but its answer never reached the client.
+    pub fn lose_next_reply(&self, route: Route) {
+        self.shared.lock().lost_replies.push(route);
+    }
     /// The next `sessions` upload sessions created expire after `chunks` chunks: their upload
     /// URL then answers 404, as an expired one does.
     pub fn expire_upload_sessions(&self, sessions: usize, chunks: usize) {
         let mut st = self.shared.lock();
-        st.expiring_sessions.extend(std::iter::repeat_n(chunks, sessions));
+        st.expiring_sessions
+            .extend(std::iter::repeat_n(chunks, sessions));
     }
     /// A readable log of every request and answer (used in panic messages).
     pub fn request_log(&self) -> String {

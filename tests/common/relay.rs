@@ -136,6 +136,27 @@ impl TestRelay {
         }
     }
 
+    /// Waits until one message is in `failed/`; returns its record (`last_error` says why).
+    pub async fn wait_failed(&self, timeout: Duration) -> Value {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let json = self
+                .files_in("failed")
+                .into_iter()
+                .find(|f| f.ends_with(".json"));
+            if let Some(name) = json {
+                let text = std::fs::read_to_string(self.queue_dir().join("failed").join(name))
+                    .expect("read failed record");
+                return serde_json::from_str(&text).expect("failed record is JSON");
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "nothing failed within {timeout:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
     /// `GET /status` as JSON.
     pub async fn status_json(&self) -> Value {
         let addr = self.status.expect("status listener");

@@ -315,7 +315,15 @@ pub(super) async fn handle(
                         "(fake Graph) no such endpoint",
                     )),
                 };
-                result.unwrap_or_else(|e| e.reply())
+                let reply = result.unwrap_or_else(|e| e.reply());
+                match st.lost_replies.iter().position(|r| *r == route) {
+                    Some(i) if reply.status < 300 => {
+                        st.lost_replies.remove(i);
+                        GraphError::new(504, "GatewayTimeout", "(fake Graph) the answer was lost")
+                            .reply()
+                    }
+                    _ => reply,
+                }
             }
         }
     };
