@@ -46,7 +46,8 @@ pub const SESSION_RENEWALS: u32 = 2;
 const MAX_CHUNK_WAIT: Duration = Duration::from_secs(30);
 
 /// Asks Graph for ids that survive the move from Drafts to Sent Items, so a sent draft can be
-/// found again by the id recorded before its `/send`.
+/// found again by the id recorded before its `/send`. Graph applies it per request, so every
+/// request carries it.
 const IMMUTABLE_ID: (&str, &str) = ("Prefer", "IdType=\"ImmutableId\"");
 
 pub struct GraphTransport {
@@ -145,8 +146,8 @@ impl GraphTransport {
             return Ok(Settled::Gone);
         }
         let url = self.draft_url(d, &note.id, "?$select=isDraft");
-        let request = self.http.get(url).header(IMMUTABLE_ID.0, IMMUTABLE_ID.1);
-        match self.send(request, Some(token), 200).await {
+        let request = self.http.get(url);
+        match self.send(request, token, 200).await {
             Ok(response) => {
                 let value: Value = response.json().await.map_err(unreadable)?;
                 if value.get("isDraft").and_then(Value::as_bool) == Some(false) {
@@ -155,9 +156,15 @@ impl GraphTransport {
                 }
                 info!("an earlier attempt's draft was not sent; sending it now");
                 let request = self.http.post(self.draft_url(d, &note.id, "/send"));
-                self.send(request.body(Vec::new()), Some(token), 202)
-                    .await?;
-                Ok(Settled::Sent)
+                match self.send(request.body(Vec::new()), token, 202).await {
+                    Ok(_) => Ok(Settled::Sent),
+                    Err(failure) => {
+                        if failure.proves_unsent() {
+                            self.discard_draft(d, &note.id, token).await;
+                        }
+                        Err(failure)
+                    }
+                }
             }
             Err(Failure::Status { error, .. }) if error.status == Some(404) => {
                 // Sending moves it to Sent Items; only a person deleting it also removes it.
@@ -185,7 +192,7 @@ impl GraphTransport {
                         .http
                         .post(self.url(&path, &draft_id(draft)))
                         .json(&body);
-                    self.send(request, Some(token), expect)
+                    self.send(request, token, expect)
                         .await
                         .map_err(Failure::on_draft)?;
                 }
@@ -195,16 +202,12 @@ impl GraphTransport {
                         .post(self.url(&path, ""))
                         .header(CONTENT_TYPE, "text/plain")
                         .body(base64.to_string());
-                    self.send(request, Some(token), 202).await?;
+                    self.send(request, token, 202).await?;
                 }
                 Step::CreateDraft { path, body } => {
-                    let request = self
-                        .http
-                        .post(self.url(&path, ""))
-                        .header(IMMUTABLE_ID.0, IMMUTABLE_ID.1)
-                        .json(&body);
+                    let request = self.http.post(self.url(&path, "")).json(&body);
                     let response = self
-                        .send(request, Some(token), 201)
+                        .send(request, token, 201)
                         .await
                         .map_err(Failure::on_draft)?;
                     let note = DraftNote {
@@ -229,8 +232,7 @@ impl GraphTransport {
                     let note = note.clone();
                     self.note(d, Some(note)).await?;
                     let request = self.http.post(self.url(&path, &draft_id(draft)));
-                    self.send(request.body(Vec::new()), Some(token), 202)
-                        .await?;
+                    self.send(request.body(Vec::new()), token, 202).await?;
                 }
             }
         }
@@ -263,7 +265,7 @@ impl GraphTransport {
         'session: loop {
             let request = self.http.post(session_path).json(body);
             let response = self
-                .send(request, Some(token), 201)
+                .send(request, token, 201)
                 .await
                 .map_err(Failure::on_draft)?;
             let upload_url = read_field(response, "uploadUrl").await?;
@@ -395,7 +397,7 @@ impl GraphTransport {
         token: &AccessToken,
     ) -> Result<(), Failure> {
         let request = self.http.delete(self.draft_url(d, id, ""));
-        match self.send(request, Some(token), 204).await {
+        match self.send(request, token, 204).await {
             Ok(_) => {}
             Err(Failure::Status { error, .. }) if error.status == Some(404) => {}
             Err(e) => return Err(e),
@@ -423,13 +425,12 @@ impl GraphTransport {
     async fn send(
         &self,
         request: reqwest::RequestBuilder,
-        token: Option<&AccessToken>,
+        token: &AccessToken,
         expect: u16,
     ) -> Result<reqwest::Response, Failure> {
-        let request = match token {
-            Some(token) => request.header(AUTHORIZATION, format!("Bearer {}", token.value)),
-            None => request,
-        };
+        let request = request
+            .header(AUTHORIZATION, format!("Bearer {}", token.value))
+            .header(IMMUTABLE_ID.0, IMMUTABLE_ID.1);
         let started = Instant::now();
         let result = request.timeout(REQUEST_TIMEOUT).send().await;
         self.latency.observe(started.elapsed());
