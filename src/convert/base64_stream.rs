@@ -21,22 +21,56 @@ impl Base64Decoder {
     /// Decodes `input`, appending to `out`.
     pub fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<(), InvalidByte> {
         out.reserve(input.len() / 4 * 3 + 3);
-        for &byte in input {
-            match value(byte) {
-                Some(v) => {
-                    self.group = (self.group << 6) | u32::from(v);
-                    self.count += 1;
-                    if self.count == 4 {
-                        out.extend_from_slice(&self.group.to_be_bytes()[1..]);
-                        self.reset();
-                    }
-                }
-                None => match byte {
-                    b'=' => self.close_group(out),
-                    b' ' | b'\t' | b'\r' | b'\n' | b'-' => {}
-                    other => return Err(InvalidByte(other)),
-                },
+        let mut rest = input;
+        loop {
+            rest = self.whole_groups(rest, out);
+            let Some((&byte, tail)) = rest.split_first() else {
+                return Ok(());
+            };
+            rest = tail;
+            self.push(byte, out)?;
+        }
+    }
+
+    /// The fast path: four base64 characters in a row, between groups. Stops at the first
+    /// byte that is anything else (line ends, padding), which `push` then takes.
+    fn whole_groups<'a>(&mut self, mut rest: &'a [u8], out: &mut Vec<u8>) -> &'a [u8] {
+        if self.count != 0 {
+            return rest;
+        }
+        while let [a, b, c, d, tail @ ..] = rest {
+            let (a, b, c, d) = (
+                DECODE[*a as usize],
+                DECODE[*b as usize],
+                DECODE[*c as usize],
+                DECODE[*d as usize],
+            );
+            if (a | b | c | d) > 63 {
+                break;
             }
+            let group =
+                (u32::from(a) << 18) | (u32::from(b) << 12) | (u32::from(c) << 6) | u32::from(d);
+            out.extend_from_slice(&group.to_be_bytes()[1..]);
+            rest = tail;
+        }
+        rest
+    }
+
+    fn push(&mut self, byte: u8, out: &mut Vec<u8>) -> Result<(), InvalidByte> {
+        match DECODE[byte as usize] {
+            v if v < 64 => {
+                self.group = (self.group << 6) | u32::from(v);
+                self.count += 1;
+                if self.count == 4 {
+                    out.extend_from_slice(&self.group.to_be_bytes()[1..]);
+                    self.reset();
+                }
+            }
+            _ => match byte {
+                b'=' => self.close_group(out),
+                b' ' | b'\t' | b'\r' | b'\n' | b'-' => {}
+                other => return Err(InvalidByte(other)),
+            },
         }
         Ok(())
     }
@@ -59,16 +93,20 @@ impl Base64Decoder {
     }
 }
 
-fn value(byte: u8) -> Option<u8> {
-    match byte {
-        b'A'..=b'Z' => Some(byte - b'A'),
-        b'a'..=b'z' => Some(byte - b'a' + 26),
-        b'0'..=b'9' => Some(byte - b'0' + 52),
-        b'+' => Some(62),
-        b'/' => Some(63),
-        _ => None,
+/// Not a base64 character.
+const INVALID: u8 = 0xff;
+
+/// Each byte's 6-bit value, or [`INVALID`].
+static DECODE: [u8; 256] = {
+    let mut table = [INVALID; 256];
+    let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut i = 0;
+    while i < 64 {
+        table[alphabet[i] as usize] = i as u8;
+        i += 1;
     }
-}
+    table
+};
 
 #[cfg(test)]
 mod tests {

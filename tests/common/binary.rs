@@ -21,14 +21,24 @@ pub struct RelayProcess {
 impl RelayProcess {
     /// `graph-relay --config CONFIG serve EXTRA...`, once it is listening.
     pub async fn start(config: &Path, extra: &[&str]) -> RelayProcess {
+        Self::start_logging(config, extra, "graph_relay=warn", Stdio::inherit()).await
+    }
+
+    /// `start`, with this `RUST_LOG` and its log (stderr) going to `log`.
+    pub async fn start_logging(
+        config: &Path,
+        extra: &[&str],
+        level: &str,
+        log: impl Into<Stdio>,
+    ) -> RelayProcess {
         let mut child = Command::new(env!("CARGO_BIN_EXE_graph-relay"))
             .arg("--config")
             .arg(config)
             .arg("serve")
             .args(extra)
-            .env("RUST_LOG", "graph_relay=warn")
+            .env("RUST_LOG", level)
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(log)
             .kill_on_drop(true)
             .spawn()
             .expect("spawn graph-relay");
@@ -48,6 +58,15 @@ impl RelayProcess {
         RelayProcess { child, smtp }
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("child still running")
+    }
+
+    /// The exit status, if it has exited.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
     /// SIGKILL: no shutdown code runs.
     pub async fn kill9(mut self) {
         self.child.kill().await.expect("kill -9");
@@ -55,7 +74,7 @@ impl RelayProcess {
 
     /// SIGTERM to this child only; returns its exit status.
     pub async fn terminate(mut self) -> ExitStatus {
-        let pid = self.child.id().expect("child still running") as libc::pid_t;
+        let pid = self.pid() as libc::pid_t;
         // SAFETY: kill(2) on the pid of a child we spawned and have not reaped.
         assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
         tokio::time::timeout(START, self.child.wait())
