@@ -291,6 +291,36 @@ async fn a_chunk_answered_500_is_sent_again_in_the_same_session() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunk_taken_only_in_part_goes_on_from_next_expected_ranges() {
+    let ms = FakeMicrosoft::start().await;
+    ms.keep_half_of_next_chunk();
+    let relay = TestRelay::start(&ms, RelayOptions::default()).await;
+    let data = random_bytes(8 * MIB, 13);
+    let parts = [Part::file("big.pdf", &data)];
+    send(relay.smtp, &message("partial chunk", &parts)).await;
+    let m = the_sent_message(&ms, &relay).await;
+    assert_same_attachments(&m, &parts);
+    let chunks = ms.upload_chunks();
+    assert_eq!(
+        chunks[0].len,
+        3_276_800 / 2,
+        "the fake kept half the first PUT"
+    );
+    assert_eq!(
+        chunks[1].start,
+        3_276_800 / 2,
+        "the next PUT starts where the session said"
+    );
+    assert!(chunks.windows(2).all(|w| w[1].start == w[0].end + 1));
+    assert_eq!(
+        ms.request_count(Route::CreateUploadSession),
+        1,
+        "same session"
+    );
+    relay.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upload_url_that_expires_is_replaced_by_a_new_session() {
     let ms = FakeMicrosoft::start().await;
     // The first session's URL dies after its first chunk (404, as an expired one).

@@ -572,7 +572,8 @@ pub enum DeviceCodeState {
     Redeemed,
 }
 
-/// A chunk PUT to an upload URL.
+/// A chunk PUT to an upload URL, as the session took it: the range it kept (all of the PUT,
+/// unless told to keep part).
 #[derive(Clone, Debug)]
 pub struct UploadChunk {
     pub session: String,
@@ -670,6 +671,8 @@ struct St {
     expiring_sessions: VecDeque<usize>,
     /// Routes whose next request is carried out but answered 504 (the answer "got lost").
     lost_replies: Vec<Route>,
+    /// Upload chunks still to be kept only in part (the first half), as a server may.
+    partial_chunks: usize,
     chunks: Vec<UploadChunk>,
     in_flight: HashMap<String, usize>,
     max_in_flight: HashMap<String, usize>,
@@ -741,6 +744,7 @@ impl FakeMicrosoft {
                 sessions: HashMap::new(),
                 expiring_sessions: VecDeque::new(),
                 lost_replies: Vec::new(),
+                partial_chunks: 0,
                 chunks: Vec::new(),
                 in_flight: HashMap::new(),
                 max_in_flight: HashMap::new(),
@@ -1067,6 +1071,11 @@ impl FakeMicrosoft {
     /// Graph did the work but its answer never reached the client.
     pub fn lose_next_reply(&self, route: Route) {
         self.shared.lock().lost_replies.push(route);
+    }
+    /// The next upload chunk is kept only up to half: the session answers 200 with
+    /// `nextExpectedRanges` where it stopped, and the client must go on from there.
+    pub fn keep_half_of_next_chunk(&self) {
+        self.shared.lock().partial_chunks += 1;
     }
     /// The next `sessions` upload sessions created expire after `chunks` chunks: their upload
     /// URL then answers 404, as an expired one does.
