@@ -260,67 +260,80 @@ impl GraphTransport {
         token: &AccessToken,
     ) -> Result<(), Failure> {
         let mut reader = Some(AttachmentReader::new(attachment, d.message));
-        let size = attachment.size;
         let mut renewals = 0;
-        'session: loop {
+        loop {
             let request = self.http.post(session_path).json(body);
             let response = self
                 .send(request, token, 201)
                 .await
                 .map_err(Failure::on_draft)?;
             let upload_url = read_field(response, "uploadUrl").await?;
-            let mut offset = 0;
-            while offset < size {
-                let range = chunk_at(offset, size);
-                let chunk = read_chunk(&mut reader, range.clone()).await?;
-                let mut failures = 0;
-                let answer = loop {
-                    match self.put(&upload_url, &range, size, chunk.clone()).await {
-                        Err(PutFailure::Retry { error, wait }) if failures < CHUNK_RETRIES => {
-                            failures += 1;
-                            let wait = wait
-                                .unwrap_or(Duration::from_secs(1 << (failures - 1)))
-                                .min(MAX_CHUNK_WAIT);
-                            warn!(%error, ?wait, start = range.start, "upload chunk failed; sending it again");
-                            tokio::time::sleep(wait).await;
-                        }
-                        other => break other,
-                    }
-                };
-                match answer {
-                    Ok(Put::Next(next)) if next > offset && next <= size => offset = next,
-                    Ok(Put::Next(next)) => {
-                        return Err(unexpected(format!(
-                            "the upload session asked for byte {next} after the range {}-{} of {size}",
-                            range.start, range.end
-                        )));
-                    }
-                    Ok(Put::Done) => return Ok(()),
-                    Err(PutFailure::SessionGone(error)) if renewals < SESSION_RENEWALS => {
-                        renewals += 1;
-                        warn!(%error, "the upload URL stopped working; starting a new upload session");
-                        continue 'session;
-                    }
-                    Err(PutFailure::Retry { error, .. }) if error.status.is_none() => {
-                        return Err(Failure::Network(error.message));
-                    }
-                    Err(PutFailure::Retry { error, wait }) => {
-                        return Err(Failure::Status {
-                            error,
-                            retry_after: wait,
-                        });
-                    }
-                    Err(PutFailure::SessionGone(error)) => {
-                        return Err(Failure::Status {
-                            error,
-                            retry_after: None,
-                        });
-                    }
+            match self
+                .upload_to(&upload_url, &mut reader, attachment.size)
+                .await
+            {
+                Err(PutFailure::SessionGone(error)) if renewals < SESSION_RENEWALS => {
+                    renewals += 1;
+                    warn!(%error, "the upload URL stopped working; starting a new upload session");
+                }
+                other => return other.map_err(PutFailure::into_failure),
+            }
+        }
+    }
+
+    /// PUTs the attachment to one upload URL, from wherever the session says it wants next.
+    async fn upload_to(
+        &self,
+        upload_url: &str,
+        reader: &mut Option<AttachmentReader>,
+        size: usize,
+    ) -> Result<(), PutFailure> {
+        let mut offset = 0;
+        while offset < size {
+            let range = chunk_at(offset, size);
+            let chunk = read_chunk(reader, range.clone())
+                .await
+                .map_err(PutFailure::Fatal)?;
+            match self
+                .put_with_retries(upload_url, &range, size, chunk)
+                .await?
+            {
+                Put::Done => return Ok(()),
+                Put::Next(next) if next > offset && next <= size => offset = next,
+                Put::Next(next) => {
+                    return Err(PutFailure::Fatal(unexpected(format!(
+                        "the upload session asked for byte {next} after the range {}-{} of {size}",
+                        range.start, range.end
+                    ))));
                 }
             }
-            return Err(unexpected(format!(
-                "all {size} bytes were uploaded but the session never answered 201"
-            )));
+        }
+        Err(PutFailure::Fatal(unexpected(format!(
+            "all {size} bytes were uploaded but the session never answered 201"
+        ))))
+    }
+
+    /// One chunk, sent again after a retryable failure, at most [`CHUNK_RETRIES`] times.
+    async fn put_with_retries(
+        &self,
+        upload_url: &str,
+        range: &std::ops::Range<usize>,
+        size: usize,
+        chunk: Bytes,
+    ) -> Result<Put, PutFailure> {
+        let mut failures = 0;
+        loop {
+            match self.put(upload_url, range, size, chunk.clone()).await {
+                Err(PutFailure::Retry { error, wait }) if failures < CHUNK_RETRIES => {
+                    failures += 1;
+                    let wait = wait
+                        .unwrap_or(Duration::from_secs(1 << (failures - 1)))
+                        .min(MAX_CHUNK_WAIT);
+                    warn!(%error, ?wait, start = range.start, "upload chunk failed; sending it again");
+                    tokio::time::sleep(wait).await;
+                }
+                other => return other,
+            }
         }
     }
 
@@ -483,6 +496,28 @@ enum PutFailure {
     },
     /// The upload URL no longer takes this session's chunks.
     SessionGone(LastError),
+    /// Neither: the attempt fails.
+    Fatal(Failure),
+}
+
+impl PutFailure {
+    /// What is left once retries and new sessions did not help.
+    fn into_failure(self) -> Failure {
+        match self {
+            PutFailure::Retry { error, .. } if error.status.is_none() => {
+                Failure::Network(error.message)
+            }
+            PutFailure::Retry { error, wait } => Failure::Status {
+                error,
+                retry_after: wait,
+            },
+            PutFailure::SessionGone(error) => Failure::Status {
+                error,
+                retry_after: None,
+            },
+            PutFailure::Fatal(failure) => failure,
+        }
+    }
 }
 
 /// Reads one chunk off the runtime; the reader is handed to the blocking task and back.
