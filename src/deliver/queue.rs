@@ -23,6 +23,10 @@ use crate::status::Counters;
 pub const PER_MAILBOX: usize = 4;
 /// Messages being worked on at once, across all mailboxes.
 const WORKERS: usize = 16;
+/// Spooled bytes being converted at once, in KiB. Converting holds the message and its decoded
+/// parts (about twice its size) for a moment; this keeps 16 big messages due together from
+/// holding 16 copies. A message larger than all of it converts alone.
+const CONVERT_BUDGET_KIB: u32 = 128 * 1024;
 /// The disk is the truth: rescan at least this often, whatever the in-memory hints say.
 const RESCAN: Duration = Duration::from_secs(5);
 /// While mail is held, ask the token endpoint again on this slow backoff (1 min doubling to
@@ -63,6 +67,7 @@ pub struct QueueManager {
     schedule: Mutex<Schedule>,
     mailboxes: Mutex<HashMap<String, Arc<Semaphore>>>,
     workers: Arc<Semaphore>,
+    convert_budget: Semaphore,
     /// When the token endpoint was last asked while mail was held, and how many such probes
     /// in a row failed.
     last_probe: Mutex<Option<(SystemTime, u32)>>,
@@ -95,6 +100,7 @@ impl QueueManager {
             schedule: Mutex::new(Schedule::default()),
             mailboxes: Mutex::new(HashMap::new()),
             workers: Arc::new(Semaphore::new(WORKERS)),
+            convert_budget: Semaphore::new(CONVERT_BUDGET_KIB as usize),
             last_probe: Mutex::new(None),
         })
     }
@@ -342,20 +348,43 @@ impl QueueManager {
         self.finish(log.snapshot(), Ok(())).await
     }
 
-    /// Reads and converts the message. The raw bytes are dropped before anything is sent: big
-    /// attachments are read from the spool again, a chunk at a time. `Err(None)`: nothing to do
-    /// now (deleted meanwhile, or unreadable until the next rescan).
+    /// Reads and converts the message, off the runtime (a 30 MiB parse takes tens of ms). The
+    /// raw bytes are dropped before anything is sent: big attachments are read from the spool
+    /// again, a chunk at a time. `Err(None)`: nothing to do now (deleted meanwhile, or
+    /// unreadable until the next rescan).
     async fn plans(&self, record: &Record) -> Result<Vec<GraphPlan>, Option<DeliveryError>> {
-        let raw = match self.read_message(&record.id).await {
-            Ok(raw) => raw,
+        let kib = u32::try_from(record.size / 1024 + 1).unwrap_or(u32::MAX);
+        let _budget = self
+            .convert_budget
+            .acquire_many(kib.min(CONVERT_BUDGET_KIB))
+            .await
+            .expect("the convert budget is never closed");
+        let (spool, id, envelope) = (
+            self.spool.clone(),
+            record.id.clone(),
+            record.envelope.clone(),
+        );
+        let options = self.options.read().expect("options lock").clone();
+        let converted = tokio::task::spawn_blocking(move || {
+            let raw = spool.read_message(&id, Area::Queue)?;
+            Ok(convert(&raw, &envelope, &options))
+        })
+        .await
+        .unwrap_or_else(|e| {
+            Err(SpoolError::Io {
+                path: Default::default(),
+                source: std::io::Error::other(e),
+            })
+        });
+        let converted = match converted {
+            Ok(converted) => converted,
             Err(SpoolError::NotFound(_)) => return Err(None), // deleted meanwhile
             Err(e) => {
                 error!(error = %e, "cannot read the message; the next rescan retries it");
                 return Err(None);
             }
         };
-        let options = self.options.read().expect("options lock").clone();
-        convert(&raw, &record.envelope, &options).map_err(|e| {
+        converted.map_err(|e| {
             let error = LastError {
                 status: None,
                 code: "ConversionFailed".into(),
@@ -428,19 +457,6 @@ impl QueueManager {
             Ok(Err(e)) => error!(queue_id = %id, error = %e, "cannot update the spool record"),
             Err(e) => error!(queue_id = %id, error = %e, "spool update task failed"),
         }
-    }
-
-    async fn read_message(&self, id: &QueueId) -> Result<Vec<u8>, SpoolError> {
-        let spool = self.spool.clone();
-        let id = id.clone();
-        tokio::task::spawn_blocking(move || spool.read_message(&id, Area::Queue))
-            .await
-            .unwrap_or_else(|e| {
-                Err(SpoolError::Io {
-                    path: Default::default(),
-                    source: std::io::Error::other(e),
-                })
-            })
     }
 
     fn mailbox_semaphore(&self, mailbox: &str) -> Arc<Semaphore> {
