@@ -13,7 +13,6 @@ use common::binary::RelayProcess;
 use common::fake_graph::*;
 use common::relay::*;
 use lettre::AsyncTransport as _;
-use sha2::{Digest, Sha256};
 
 const WAIT: Duration = Duration::from_secs(30);
 const MIB: usize = 1024 * 1024;
@@ -30,13 +29,6 @@ fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
             x ^= x << 17;
             (x >> 24) as u8
         })
-        .collect()
-}
-
-fn sha256(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
         .collect()
 }
 
@@ -136,11 +128,11 @@ fn assert_same_attachments(got: &SentMessage, parts: &[Part<'_>]) {
     let mut got: Vec<(String, String)> = got
         .attachments()
         .iter()
-        .map(|a| (a.name.clone(), sha256(&a.bytes)))
+        .map(|a| (a.name.clone(), util::sha256_hex(&a.bytes)))
         .collect();
     let mut want: Vec<(String, String)> = parts
         .iter()
-        .map(|p| (p.name.to_string(), sha256(p.bytes)))
+        .map(|p| (p.name.to_string(), util::sha256_hex(p.bytes)))
         .collect();
     got.sort();
     want.sort();

@@ -158,10 +158,18 @@ async fn dry_run_writes_the_outbox_and_never_calls_graph() {
     assert!(puts.len() >= 2, "{big_doc}");
     let total: u64 = puts.iter().map(|p| p["size"].as_u64().unwrap()).sum();
     assert_eq!(total, big.len() as u64);
-    assert!(
-        puts.iter()
-            .all(|p| p["sha256"].as_str().is_some_and(|s| s.len() == 64))
-    );
+    // Each PUT's bytes, read back from the spool, are the attachment's bytes at its range.
+    for put in &puts {
+        let range = put["content_range"].as_str().unwrap();
+        let (first, last) = range
+            .strip_prefix("bytes ")
+            .and_then(|r| r.split('/').next())
+            .and_then(|r| r.split_once('-'))
+            .unwrap_or_else(|| panic!("bad Content-Range {range}"));
+        let (first, last): (usize, usize) = (first.parse().unwrap(), last.parse().unwrap());
+        let want = util::sha256_hex(&big[first..=last]);
+        assert_eq!(put["sha256"], want.as_str(), "{range}");
+    }
     assert!(
         reqs.last().unwrap()["url"]
             .as_str()

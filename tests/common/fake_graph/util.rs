@@ -171,3 +171,11 @@ pub fn form_get<'a>(form: &'a [(String, String)], key: &str) -> Option<&'a str> 
 pub fn sha256_b64url(data: &[u8]) -> String {
     URL_SAFE_NO_PAD.encode(Sha256::digest(data))
 }
+
+/// Lower-case hex SHA-256, as the dry-run outbox and `sha256sum` print it.
+pub fn sha256_hex(data: &[u8]) -> String {
+    Sha256::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
