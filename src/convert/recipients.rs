@@ -188,6 +188,17 @@ mod tests {
     }
 
     #[test]
+    fn a_punycode_rcpt_matches_the_unicode_spelling_in_to() {
+        let to = [ha("bob@bücher.example", Some("Bob"))];
+        let groups = split(
+            &classify(&["bob@xn--bcher-kva.example".into()], &to, &[]),
+            500,
+        );
+        assert_eq!(groups[0].to, vec![ha("bob@bücher.example", Some("Bob"))]);
+        assert!(groups[0].bcc.is_empty(), "not sent as Bcc");
+    }
+
+    #[test]
     fn address_in_to_and_cc_keeps_its_first_place() {
         let to = [ha("a@x.org", None)];
         let cc = [ha("a@x.org", Some("A"))];

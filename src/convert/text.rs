@@ -119,14 +119,22 @@ pub(crate) fn encode_path_segment(s: &str) -> String {
 }
 
 /// Lower-case form used to compare addresses (SMTP local parts are case-sensitive in theory,
-/// never in Exchange).
+/// never in Exchange), with the domain in its ASCII (punycode) spelling: an SMTPUTF8-less client
+/// writes `RCPT TO:<bob@xn--bcher-kva.example>` for the `bob@bücher.example` of its To header.
 pub(crate) fn address_key(address: &str) -> String {
-    address
+    let address = address
         .trim()
         .trim_start_matches('<')
         .trim_end_matches('>')
         .trim()
-        .to_lowercase()
+        .to_lowercase();
+    match address.rsplit_once('@') {
+        Some((local, domain)) if !domain.is_ascii() => match idna::domain_to_ascii(domain) {
+            Ok(ascii) => format!("{local}@{ascii}"),
+            Err(_) => address,
+        },
+        _ => address,
+    }
 }
 
 /// Undoes RFC 3676 `format=flowed`: a line ending in a space continues on the next line of the
