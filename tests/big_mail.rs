@@ -384,6 +384,28 @@ async fn a_sent_draft_whose_answer_was_lost_is_not_sent_again() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_401_on_send_starts_over_with_a_new_token_and_sends_once() {
+    let ms = FakeMicrosoft::start().await;
+    ms.push_response(Route::SendDraft, ScriptedResponse::unauthorized());
+    let relay = TestRelay::start(&ms, RelayOptions::default()).await;
+    let data = random_bytes(5 * MIB, 14);
+    let parts = [Part::file("a.pdf", &data)];
+    send(relay.smtp, &message("401 on send", &parts)).await;
+    let m = the_sent_message(&ms, &relay).await;
+    assert_same_attachments(&m, &parts);
+    assert_eq!(ms.token_requests(), 2, "a new token after the 401");
+    assert_eq!(ms.request_count(Route::SendDraft), 2);
+    assert_eq!(
+        ms.request_count(Route::CreateMessage),
+        2,
+        "the refused draft was replaced:\n{}",
+        ms.request_log()
+    );
+    assert_eq!(ms.request_count(Route::DeleteMessage), 1);
+    relay.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_in_the_middle_of_an_upload_deletes_the_orphan_draft_and_sends_once() {
     let ms = FakeMicrosoft::start().await;
     let dir = tempfile::tempdir().unwrap();
