@@ -47,6 +47,17 @@ impl Drop for InFlight {
     }
 }
 
+/// Graph's answer to a 5th concurrent request to one mailbox.
+fn throttled() -> Reply {
+    GraphError::new(
+        429,
+        "ApplicationThrottled",
+        "Application is over its MailboxConcurrency limit.",
+    )
+    .reply()
+    .header("retry-after", "1")
+}
+
 fn unauthorized(message: &str) -> Reply {
     GraphError::new(401, "InvalidAuthenticationToken", message)
         .reply()
@@ -276,13 +287,7 @@ pub(super) async fn handle(
     };
     let (guard, over) = InFlight::enter(shared, &mailbox);
     let mut reply = if over {
-        GraphError::new(
-            429,
-            "ApplicationThrottled",
-            "Application is over its MailboxConcurrency limit.",
-        )
-        .reply()
-        .header("retry-after", "1")
+        throttled()
     } else {
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
@@ -698,13 +703,7 @@ async fn upload(shared: &Arc<Shared>, req: &Req, route: Route) -> Reply {
     }
     let (guard, over) = InFlight::enter(shared, &mailbox);
     let mut reply = if over {
-        GraphError::new(
-            429,
-            "ApplicationThrottled",
-            "Application is over its MailboxConcurrency limit.",
-        )
-        .reply()
-        .header("retry-after", "1")
+        throttled()
     } else {
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
