@@ -395,16 +395,12 @@ async fn a_failed_draft_is_deleted_and_small_mail_still_flows_without_mail_readw
     )
     .await;
     assert_eq!(code, 250);
-    let failed = common::relay::files_in(&relay.queue_dir().join("failed"));
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while common::relay::files_in(&relay.queue_dir().join("failed")).len() < 2 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "big mail never failed: {failed:?}\n{}",
-            ms.request_log()
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    let failed = relay.wait_failed(WAIT).await;
+    let reason = failed["last_error"]["message"].as_str().unwrap_or("");
+    assert!(
+        reason.contains("Mail.ReadWrite"),
+        "the reason says what to grant: {failed}"
+    );
     let status = relay.status_json().await;
     assert_eq!(
         status["token"]["state"], "valid",
