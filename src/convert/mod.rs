@@ -429,15 +429,19 @@ impl GraphPlan {
                     "contentId": u.content_id,
                     "size": u.size,
                     "streamed": matches!(u.data, AttachmentData::Base64 { .. }),
-                    "sha256": u.decoded(raw).map(|b| hex(&Sha256::digest(&b))),
+                    "sha256": u.decoded(raw).map(|b| sha256_hex(&b)),
                 })).collect::<Vec<_>>(),
             }),
         }
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+/// Lower-case hex SHA-256: how plans and the dry-run outbox name attachment bytes.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 #[cfg(test)]

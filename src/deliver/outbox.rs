@@ -6,12 +6,11 @@ use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 
 use super::source::AttachmentReader;
 use super::steps::{describe, steps};
 use super::{Delivery, DeliveryError, Transport};
-use crate::convert::GraphPlan;
+use crate::convert::{GraphPlan, LargeAttachment, sha256_hex};
 use crate::spool::{LastError, QueueId};
 
 pub struct Outbox {
@@ -39,7 +38,7 @@ impl Outbox {
     fn document(graph_url: &str, plan: &GraphPlan, message: &Path) -> Value {
         // One reader per attachment, kept while its chunks are read in order.
         let mut reader: Option<(String, AttachmentReader)> = None;
-        let mut hash = |attachment: &crate::convert::LargeAttachment, range| {
+        let mut hash = |attachment: &LargeAttachment, range| {
             if reader
                 .as_ref()
                 .is_none_or(|(name, _)| *name != attachment.name)
@@ -49,7 +48,7 @@ impl Outbox {
             }
             let (_, r) = reader.as_mut().expect("set above");
             match r.read(range) {
-                Ok(bytes) => json!(hex(&Sha256::digest(&bytes))),
+                Ok(bytes) => json!(sha256_hex(&bytes)),
                 Err(e) => json!(format!("unreadable: {e}")),
             }
         };
@@ -63,10 +62,6 @@ impl Outbox {
             json!({ "requests": described })
         }
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[async_trait]
