@@ -18,7 +18,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, Flow};
 use crate::convert::{ConvertOptions, precheck};
 use crate::deliver::backoff::Backoff;
-use crate::deliver::{GraphTransport, Latency, Outbox, QueueManager, RetryPolicy, Transport};
+use crate::deliver::{GraphStats, GraphTransport, Outbox, QueueManager, RetryPolicy, Transport};
 use crate::notify::{Notice, Notifier};
 use crate::smtp::{self, AcceptError, MessageSink, SmtpSettings};
 use crate::spool::{Envelope, QueueId, Spool, SpoolError, WriteHook};
@@ -144,7 +144,7 @@ pub async fn start(config: Config, opts: StartOptions) -> Result<Running, AppErr
         .map_err(|e| AppError::Http(e.to_string()))?;
     let tokens = Arc::new(Tokens::new(&config, http.clone(), opts.clock.clone()));
     let counters = Arc::new(Counters::default());
-    let latency = Arc::new(Latency::default());
+    let graph_stats = Arc::new(GraphStats::default());
     let transport: Arc<dyn Transport> = if opts.dry_run {
         Arc::new(Outbox::new(
             config.queue.dir.join("outbox"),
@@ -155,7 +155,7 @@ pub async fn start(config: Config, opts: StartOptions) -> Result<Running, AppErr
             http.clone(),
             &config.microsoft.graph_url,
             tokens.clone(),
-            latency.clone(),
+            graph_stats.clone(),
         ))
     };
     let manager = QueueManager::new(
@@ -217,7 +217,7 @@ pub async fn start(config: Config, opts: StartOptions) -> Result<Running, AppErr
                 spool: spool.clone(),
                 tokens: tokens.clone(),
                 counters: counters.clone(),
-                latency,
+                graph_stats,
                 device: crate::auth::device_login(&config, http.clone()),
                 action: reauth_action(&config),
                 waker: waker.clone(),

@@ -279,6 +279,13 @@ async fn a_chunk_answered_500_is_sent_again_in_the_same_session() {
         "same session"
     );
     assert_eq!(ms.request_count(Route::CreateMessage), 1, "same draft");
+    relay
+        .assert_metrics(&[
+            &format!("graph_relay_upload_bytes_total {}", 8 * MIB),
+            "graph_relay_upload_retries_total{kind=\"chunk\"} 1",
+            "graph_relay_upload_retries_total{kind=\"session\"} 0",
+        ])
+        .await;
     relay.shutdown().await;
 }
 
@@ -335,6 +342,9 @@ async fn an_upload_url_that_expires_is_replaced_by_a_new_session() {
         ms.request_log()
     );
     assert_eq!(ms.request_count(Route::CreateMessage), 1, "same draft");
+    relay
+        .assert_metrics(&["graph_relay_upload_retries_total{kind=\"session\"} 1"])
+        .await;
     relay.shutdown().await;
 }
 

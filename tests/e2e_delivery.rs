@@ -538,28 +538,20 @@ async fn metrics_count_what_happened() {
     );
     ms.wait_for_sent(1, WAIT).await;
     relay.wait_queue_empty(WAIT).await;
-    let addr = relay.status.expect("status listener");
-    let text = reqwest::get(format!("http://{addr}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    for line in [
-        "graph_relay_messages_received_total 2",
-        "graph_relay_messages_delivered_total 1",
-        "graph_relay_messages_failed_total 1",
-        "graph_relay_queue_pending 0",
-        "graph_relay_queue_failed 1",
-        "graph_relay_token_state{state=\"valid\"} 1",
-        "graph_relay_token_state{state=\"reauth_required\"} 0",
-        "graph_relay_graph_request_seconds_count 2",
-    ] {
-        assert!(
-            text.lines().any(|l| l == line),
-            "{line:?} missing from:\n{text}"
-        );
-    }
+    relay
+        .assert_metrics(&[
+            "graph_relay_messages_received_total 2",
+            "graph_relay_messages_delivered_total 1",
+            "graph_relay_messages_failed_total 1",
+            "graph_relay_queue_pending 0",
+            "graph_relay_queue_failed 1",
+            "graph_relay_token_state{state=\"valid\"} 1",
+            "graph_relay_token_state{state=\"reauth_required\"} 0",
+            "graph_relay_graph_request_seconds_count 2",
+            "graph_relay_upload_bytes_total 0",
+        ])
+        .await;
+    let text = relay.metrics().await;
     assert!(
         text.contains("# TYPE graph_relay_graph_request_seconds histogram"),
         "{text}"

@@ -54,7 +54,7 @@ pub struct GraphTransport {
     http: reqwest::Client,
     graph_url: String,
     tokens: Arc<dyn TokenSource>,
-    latency: Arc<super::Latency>,
+    stats: Arc<super::GraphStats>,
 }
 
 impl GraphTransport {
@@ -62,13 +62,13 @@ impl GraphTransport {
         http: reqwest::Client,
         graph_url: &str,
         tokens: Arc<dyn TokenSource>,
-        latency: Arc<super::Latency>,
+        stats: Arc<super::GraphStats>,
     ) -> Self {
         GraphTransport {
             http,
             graph_url: graph_url.trim_end_matches('/').to_string(),
             tokens,
-            latency,
+            stats,
         }
     }
 
@@ -274,6 +274,7 @@ impl GraphTransport {
             {
                 Err(PutFailure::SessionGone(error)) if renewals < SESSION_RENEWALS => {
                     renewals += 1;
+                    self.stats.session_renewed();
                     warn!(%error, "the upload URL stopped working; starting a new upload session");
                 }
                 other => return other.map_err(PutFailure::into_failure),
@@ -298,8 +299,14 @@ impl GraphTransport {
                 .put_with_retries(upload_url, &range, size, chunk)
                 .await?
             {
-                Put::Done => return Ok(()),
-                Put::Next(next) if next > offset && next <= size => offset = next,
+                Put::Done => {
+                    self.stats.uploaded(size - offset);
+                    return Ok(());
+                }
+                Put::Next(next) if next > offset && next <= size => {
+                    self.stats.uploaded(next - offset);
+                    offset = next;
+                }
                 Put::Next(next) => {
                     return Err(PutFailure::Fatal(unexpected(format!(
                         "the upload session asked for byte {next} after the range {}-{} of {size}",
@@ -326,6 +333,7 @@ impl GraphTransport {
             match self.put(upload_url, range, size, chunk.clone()).await {
                 Err(PutFailure::Retry { error, wait }) if failures < CHUNK_RETRIES => {
                     failures += 1;
+                    self.stats.chunk_retried();
                     let wait = wait
                         .unwrap_or(Duration::from_secs(1 << (failures - 1)))
                         .min(MAX_CHUNK_WAIT);
@@ -354,7 +362,7 @@ impl GraphTransport {
             .timeout(REQUEST_TIMEOUT);
         let started = Instant::now();
         let result = request.send().await;
-        self.latency.observe(started.elapsed());
+        self.stats.observe(started.elapsed());
         let response = match result {
             Ok(response) => response,
             Err(e) => {
@@ -446,7 +454,7 @@ impl GraphTransport {
             .header(IMMUTABLE_ID.0, IMMUTABLE_ID.1);
         let started = Instant::now();
         let result = request.timeout(REQUEST_TIMEOUT).send().await;
-        self.latency.observe(started.elapsed());
+        self.stats.observe(started.elapsed());
         let response = result.map_err(|e| Failure::Network(e.without_url().to_string()))?;
         let status = response.status().as_u16();
         // 200 where 202 was promised has been seen for oversized MIME: treat it as a failure.

@@ -21,7 +21,7 @@ use super::Counters;
 use crate::auth::device_code::{DeviceCode, DeviceLogin};
 use crate::auth::{TokenSource, TokenState};
 use crate::config::Config;
-use crate::deliver::{LATENCY_BUCKETS, Latency};
+use crate::deliver::{GraphStats, LATENCY_BUCKETS};
 use crate::spool::{QueueCounts, QueueId, Record, Spool, SpoolError, State as MailState};
 
 /// What the handlers read and act on.
@@ -30,7 +30,7 @@ pub struct StatusContext {
     pub spool: Spool,
     pub tokens: Arc<dyn TokenSource>,
     pub counters: Arc<Counters>,
-    pub latency: Arc<Latency>,
+    pub graph_stats: Arc<GraphStats>,
     /// The device code login (delegated flow), when configured.
     pub device: Option<DeviceLogin>,
     /// What to do to get out of `reauth_required`.
@@ -222,7 +222,26 @@ async fn metrics(State(ctx): State<Ctx>) -> Response {
         "1 for the current token state.",
         &states,
     );
-    let (buckets, count, sum) = ctx.latency.snapshot();
+    let uploads = ctx.graph_stats.uploads();
+    metric(
+        "graph_relay_upload_bytes_total",
+        "counter",
+        "Attachment bytes upload sessions took (big mail).",
+        &one(uploads.bytes),
+    );
+    metric(
+        "graph_relay_upload_retries_total",
+        "counter",
+        "Upload chunks sent again, and upload sessions started again.",
+        &[
+            ("{kind=\"chunk\"}".into(), uploads.chunk_retries.to_string()),
+            (
+                "{kind=\"session\"}".into(),
+                uploads.session_renewals.to_string(),
+            ),
+        ],
+    );
+    let (buckets, count, sum) = ctx.graph_stats.snapshot();
     let mut lines: Vec<(String, String)> = LATENCY_BUCKETS
         .iter()
         .zip(buckets)

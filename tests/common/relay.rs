@@ -168,6 +168,28 @@ impl TestRelay {
             .expect("status JSON")
     }
 
+    /// `GET /metrics` (Prometheus text).
+    pub async fn metrics(&self) -> String {
+        let addr = self.status.expect("status listener");
+        reqwest::get(format!("http://{addr}/metrics"))
+            .await
+            .expect("metrics request")
+            .text()
+            .await
+            .expect("metrics text")
+    }
+
+    /// Panics unless every one of `lines` is a line of `/metrics`.
+    pub async fn assert_metrics(&self, lines: &[&str]) {
+        let text = self.metrics().await;
+        for line in lines {
+            assert!(
+                text.lines().any(|l| l == *line),
+                "{line:?} missing from /metrics:\n{text}"
+            );
+        }
+    }
+
     pub fn wake(&self) {
         if let Some(r) = &self.running {
             r.wake_delivery();
