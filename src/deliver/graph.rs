@@ -26,7 +26,7 @@ use serde_json::Value;
 use tracing::{debug, info, warn};
 
 use super::source::{AttachmentReader, SourceError};
-use super::steps::{MESSAGE_ID, Step, chunk_at, content_range, steps};
+use super::steps::{JsonBody, MESSAGE_ID, Step, chunk_at, content_range, steps};
 use super::{Delivery, DeliveryError, Transport};
 use crate::auth::{AccessToken, TokenError, TokenSource, entra::retry_after};
 use crate::convert::LargeAttachment;
@@ -188,10 +188,7 @@ impl GraphTransport {
         for step in steps(d.plan) {
             match step {
                 Step::PostJson { path, body, expect } => {
-                    let request = self
-                        .http
-                        .post(self.url(&path, &draft_id(draft)))
-                        .json(&body);
+                    let request = self.post_json(self.url(&path, &draft_id(draft)), &body);
                     self.send(request, token, expect)
                         .await
                         .map_err(Failure::on_draft)?;
@@ -205,7 +202,7 @@ impl GraphTransport {
                     self.send(request, token, 202).await?;
                 }
                 Step::CreateDraft { path, body } => {
-                    let request = self.http.post(self.url(&path, "")).json(&body);
+                    let request = self.post_json(self.url(&path, ""), &body);
                     let response = self
                         .send(request, token, 201)
                         .await
@@ -255,14 +252,14 @@ impl GraphTransport {
         &self,
         d: &Delivery<'_>,
         session_path: &str,
-        body: &Value,
+        body: &JsonBody,
         attachment: &LargeAttachment,
         token: &AccessToken,
     ) -> Result<(), Failure> {
         let mut reader = Some(AttachmentReader::new(attachment, d.message));
         let mut renewals = 0;
         loop {
-            let request = self.http.post(session_path).json(body);
+            let request = self.post_json(session_path.to_string(), body);
             let response = self
                 .send(request, token, 201)
                 .await
@@ -424,6 +421,13 @@ impl GraphTransport {
             Err(e) => return Err(e),
         }
         self.note(d, None).await
+    }
+
+    fn post_json(&self, url: String, body: &JsonBody) -> reqwest::RequestBuilder {
+        self.http
+            .post(url)
+            .header(CONTENT_TYPE, "application/json")
+            .body(body.bytes())
     }
 
     fn draft_url(&self, d: &Delivery<'_>, id: &str, rest: &str) -> String {

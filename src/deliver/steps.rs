@@ -4,6 +4,8 @@
 
 use std::ops::Range;
 
+use bytes::Bytes;
+use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::convert::{GraphPlan, LargeAttachment, MAX_INLINE_ATTACHMENT_BYTES, PlanRequest};
@@ -15,24 +17,48 @@ pub const UPLOAD_CHUNK: usize = 10 * 320 * 1024;
 /// Stands for the draft's id in paths until the create call returns it.
 pub const MESSAGE_ID: &str = "{message-id}";
 
+/// A JSON request body, serialized once: the transport sends these bytes (again, on a retry)
+/// without another copy of a message that can be close to 4 MB.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JsonBody(Bytes);
+
+impl JsonBody {
+    pub fn of<T: Serialize>(value: &T) -> Self {
+        JsonBody(
+            serde_json::to_vec(value)
+                .expect("Graph JSON always serializes")
+                .into(),
+        )
+    }
+
+    pub fn bytes(&self) -> Bytes {
+        self.0.clone()
+    }
+
+    /// For the dry-run outbox, which shows bodies as JSON.
+    pub fn to_value(&self) -> Value {
+        serde_json::from_slice(&self.0).unwrap_or(Value::Null)
+    }
+}
+
 /// One request. Paths are relative to `microsoft.graph_url`.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Step<'a> {
     /// POST a JSON body; success is `expect`.
     PostJson {
         path: String,
-        body: Value,
+        body: JsonBody,
         expect: u16,
     },
     /// POST base64 MIME as `text/plain` (signed or encrypted mail).
     PostMime { path: String, base64: &'a str },
     /// POST the draft message; 201 carries the id that replaces [`MESSAGE_ID`] in later paths.
-    CreateDraft { path: String, body: Value },
+    CreateDraft { path: String, body: JsonBody },
     /// POST `createUploadSession` for one large attachment, then PUT its bytes in [`chunks`] to
     /// the upload URL it returns, without an Authorization header.
     Upload {
         path: String,
-        body: Value,
+        body: JsonBody,
         attachment: &'a LargeAttachment,
     },
     /// POST the draft's `/send` (empty body); 202.
@@ -45,7 +71,7 @@ pub fn steps(plan: &GraphPlan) -> Vec<Step<'_>> {
     match &plan.request {
         PlanRequest::SendMail(send_mail) => vec![Step::PostJson {
             path: format!("{mailbox}/sendMail"),
-            body: serde_json::to_value(send_mail).expect("Graph JSON always serializes"),
+            body: JsonBody::of(send_mail),
             expect: 202,
         }],
         PlanRequest::Mime { base64 } => vec![Step::PostMime {
@@ -56,7 +82,7 @@ pub fn steps(plan: &GraphPlan) -> Vec<Step<'_>> {
             let draft = format!("{mailbox}/messages/{MESSAGE_ID}");
             let mut steps = vec![Step::CreateDraft {
                 path: format!("{mailbox}/messages"),
-                body: serde_json::to_value(message).expect("Graph JSON always serializes"),
+                body: JsonBody::of(message),
             }];
             for attachment in uploads {
                 // Upload sessions refuse files under 3 MB; those are posted whole.
@@ -64,14 +90,14 @@ pub fn steps(plan: &GraphPlan) -> Vec<Step<'_>> {
                 if small && let Some(inline) = attachment.to_file_attachment() {
                     steps.push(Step::PostJson {
                         path: format!("{draft}/attachments"),
-                        body: serde_json::to_value(inline).expect("Graph JSON always serializes"),
+                        body: JsonBody::of(&inline),
                         expect: 201,
                     });
                     continue;
                 }
                 steps.push(Step::Upload {
                     path: format!("{draft}/attachments/createUploadSession"),
-                    body: upload_session_body(attachment),
+                    body: JsonBody::of(&upload_session_body(attachment)),
                     attachment,
                 });
             }
@@ -126,7 +152,7 @@ pub fn describe(
     let url = |path: &str| format!("{}{path}", graph_url.trim_end_matches('/'));
     match step {
         Step::PostJson { path, body, .. } | Step::CreateDraft { path, body } => {
-            vec![json!({"method": "POST", "url": url(path), "body": body})]
+            vec![json!({"method": "POST", "url": url(path), "body": body.to_value()})]
         }
         Step::PostMime { path, base64 } => vec![json!({
             "method": "POST", "url": url(path), "content_type": "text/plain", "body": base64,
@@ -136,7 +162,7 @@ pub fn describe(
             body,
             attachment,
         } => {
-            let session = json!({"method": "POST", "url": url(path), "body": body});
+            let session = json!({"method": "POST", "url": url(path), "body": body.to_value()});
             let puts = chunks(attachment.size).map(|range| {
                 json!({
                     "method": "PUT",
