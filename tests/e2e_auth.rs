@@ -5,6 +5,7 @@
 mod common;
 
 use common::fake_graph::*;
+use common::mail::{Part, multipart};
 use common::relay::*;
 use serde_json::Value;
 use std::time::{Duration, Instant};
@@ -247,28 +248,17 @@ async fn delegated_large_message_goes_through_the_draft_path() {
     wait_status(&relay, "valid", |s| s["token"]["state"] == "valid").await;
 
     let big: Vec<u8> = (0..4_500_000u32).map(|i| (i % 249) as u8).collect();
-    let b64 = {
-        use base64::Engine as _;
-        base64::engine::general_purpose::STANDARD.encode(&big)
-    };
-    let wrapped: String = b64
-        .as_bytes()
-        .chunks(76)
-        .map(|c| format!("{}\r\n", std::str::from_utf8(c).unwrap()))
-        .collect();
-    let msg = format!(
-        "From: {u}\r\nTo: alice@example.org\r\nSubject: big delegated\r\nMIME-Version: 1.0\r\n\
-         Content-Type: multipart/mixed; boundary=\"b\"\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nsee attached\r\n\
-         --b\r\nContent-Type: application/octet-stream\r\nContent-Disposition: attachment; filename=\"big.bin\"\r\n\
-         Content-Transfer-Encoding: base64\r\n\r\n{wrapped}--b--\r\n",
-        u = ms.delegated_user()
+    let msg = multipart(
+        &ms.delegated_user(),
+        "big delegated",
+        &[Part::file("big.bin", &big)],
     );
     assert_eq!(
         send_raw(
             relay.smtp,
             &ms.delegated_user(),
             &["alice@example.org"],
-            msg.as_bytes()
+            &msg
         )
         .await,
         250

@@ -6,6 +6,7 @@ mod common;
 
 use common::binary::RelayProcess;
 use common::fake_graph::*;
+use common::mail::{Part, multipart};
 use common::relay::*;
 use serde_json::Value;
 use std::net::SocketAddr;
@@ -110,27 +111,17 @@ async fn dry_run_writes_the_outbox_and_never_calls_graph() {
 
     // A message over 4 MB: the draft path, in order, with PUTs shown by range, size and sha256.
     let big: Vec<u8> = (0..5_000_000u32).map(|i| (i % 253) as u8).collect();
-    let b64 = {
-        use base64::Engine as _;
-        base64::engine::general_purpose::STANDARD.encode(&big)
-    };
-    let wrapped: String = b64
-        .as_bytes()
-        .chunks(76)
-        .map(|c| format!("{}\r\n", std::str::from_utf8(c).unwrap()))
-        .collect();
-    let big_msg = format!(
-        "From: relay@contoso.test\r\nTo: alice@example.org\r\nSubject: dry big\r\nMIME-Version: 1.0\r\n\
-         Content-Type: multipart/mixed; boundary=\"b\"\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nsee attached\r\n\
-         --b\r\nContent-Type: application/octet-stream\r\nContent-Disposition: attachment; filename=\"big.bin\"\r\n\
-         Content-Transfer-Encoding: base64\r\n\r\n{wrapped}--b--\r\n"
+    let big_msg = multipart(
+        "relay@contoso.test",
+        "dry big",
+        &[Part::file("big.bin", &big)],
     );
     assert_eq!(
         send_raw(
             relay.smtp,
             "relay@contoso.test",
             &["alice@example.org"],
-            big_msg.as_bytes()
+            &big_msg
         )
         .await,
         250

@@ -3,5 +3,6 @@
 #![allow(dead_code)]
 
 pub mod fake_graph;
+pub mod mail;
 pub mod relay;
 pub mod binary;
