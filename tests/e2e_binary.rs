@@ -78,16 +78,13 @@ async fn dry_run_writes_the_outbox_and_never_calls_graph() {
     let ms = FakeMicrosoft::start().await;
     let relay = spawn_relay(&ms, &["--dry-run"]).await;
     let msg = b"From: relay@contoso.test\r\nTo: alice@example.org\r\nSubject: dry\r\n\r\nnot really sent\r\n";
-    assert_eq!(
-        send_raw(
-            relay.smtp,
-            "relay@contoso.test",
-            &["alice@example.org", "bcc@example.net"],
-            msg
-        )
-        .await,
-        250
-    );
+    send_ok(
+        relay.smtp,
+        "relay@contoso.test",
+        &["alice@example.org", "bcc@example.net"],
+        msg,
+    )
+    .await;
 
     let outbox = relay.queue_dir.join("outbox");
     let files = wait_for_files(&outbox, 1).await;
@@ -116,16 +113,13 @@ async fn dry_run_writes_the_outbox_and_never_calls_graph() {
         "dry big",
         &[Part::file("big.bin", &big)],
     );
-    assert_eq!(
-        send_raw(
-            relay.smtp,
-            "relay@contoso.test",
-            &["alice@example.org"],
-            &big_msg
-        )
-        .await,
-        250
-    );
+    send_ok(
+        relay.smtp,
+        "relay@contoso.test",
+        &["alice@example.org"],
+        &big_msg,
+    )
+    .await;
     let files = wait_for_files(&outbox, 2).await;
     let big_doc = files
         .iter()
@@ -189,16 +183,13 @@ async fn the_binary_delivers_and_stops_on_sigterm() {
     let ms = FakeMicrosoft::start().await;
     let relay = spawn_relay(&ms, &[]).await;
     let msg = b"From: relay@contoso.test\r\nTo: alice@example.org\r\nSubject: from the binary\r\n\r\nhello\r\n";
-    assert_eq!(
-        send_raw(
-            relay.smtp,
-            "relay@contoso.test",
-            &["alice@example.org"],
-            msg
-        )
-        .await,
-        250
-    );
+    send_ok(
+        relay.smtp,
+        "relay@contoso.test",
+        &["alice@example.org"],
+        msg,
+    )
+    .await;
     let m = &ms.wait_for_sent(1, WAIT).await[0];
     assert_eq!(m.subject().as_deref(), Some("from the binary"));
     assert_eq!(m.to(), vec!["alice@example.org"]);

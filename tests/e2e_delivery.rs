@@ -41,14 +41,13 @@ async fn lettre_message_arrives_as_graph_json_with_envelope_only_bcc() {
     let ms = FakeMicrosoft::start().await;
     let relay = TestRelay::start(&ms, RelayOptions::default()).await;
     let data = attachment_bytes(20_000);
-    let code = send_raw(
+    send_ok(
         relay.smtp,
         "relay@contoso.test",
         &["alice@example.org", "bob@example.org", "hidden@example.net"],
         &lettre_message("Quarterly report", &data),
     )
     .await;
-    assert_eq!(code, 250);
 
     let sent = ms.wait_for_sent(1, WAIT).await;
     let m = &sent[0];
@@ -206,40 +205,31 @@ async fn a_bad_message_after_a_good_one_does_not_stop_a_later_good_one() {
         )
         .into_bytes()
     };
-    assert_eq!(
-        send_raw(
-            relay.smtp,
-            "alice@contoso.test",
-            &["x@example.org"],
-            &mail("alice@contoso.test", "first")
-        )
-        .await,
-        250
-    );
+    send_ok(
+        relay.smtp,
+        "alice@contoso.test",
+        &["x@example.org"],
+        &mail("alice@contoso.test", "first"),
+    )
+    .await;
     ms.wait_for_sent(1, WAIT).await;
-    assert_eq!(
-        send_raw(
-            relay.smtp,
-            "ghost@contoso.test",
-            &["x@example.org"],
-            &mail("ghost@contoso.test", "second")
-        )
-        .await,
-        250
-    );
+    send_ok(
+        relay.smtp,
+        "ghost@contoso.test",
+        &["x@example.org"],
+        &mail("ghost@contoso.test", "second"),
+    )
+    .await;
     let refused = ms.wait_for_requests(Route::SendMail, 2, WAIT).await;
     assert_eq!(refused[1].status, 404);
     assert_eq!(refused[1].error_code.as_deref(), Some("ErrorInvalidUser"));
-    assert_eq!(
-        send_raw(
-            relay.smtp,
-            "alice@contoso.test",
-            &["x@example.org"],
-            &mail("alice@contoso.test", "third")
-        )
-        .await,
-        250
-    );
+    send_ok(
+        relay.smtp,
+        "alice@contoso.test",
+        &["x@example.org"],
+        &mail("alice@contoso.test", "third"),
+    )
+    .await;
 
     let sent = ms.wait_for_sent(2, WAIT).await;
     let subjects: Vec<_> = sent.iter().map(|m| m.subject().unwrap()).collect();
@@ -265,14 +255,13 @@ async fn over_4_mb_goes_through_draft_and_upload_session() {
     let ms = FakeMicrosoft::start().await;
     let relay = TestRelay::start(&ms, RelayOptions::default()).await;
     let big = attachment_bytes(5 * 1024 * 1024 + 123);
-    let code = send_raw(
+    send_ok(
         relay.smtp,
         "relay@contoso.test",
         &["alice@example.org", "bob@example.org", "hidden@example.net"],
         &lettre_message("Big one", &big),
     )
     .await;
-    assert_eq!(code, 250);
 
     let m = &ms.wait_for_sent(1, WAIT).await[0];
     assert_eq!(
@@ -329,16 +318,13 @@ async fn keeps_to_four_requests_in_flight_per_mailbox() {
         let msg = format!(
             "From: relay@contoso.test\r\nTo: r{i}@example.org\r\nSubject: burst {i}\r\n\r\nbody\r\n"
         );
-        assert_eq!(
-            send_raw(
-                relay.smtp,
-                "relay@contoso.test",
-                &[&format!("r{i}@example.org")],
-                msg.as_bytes()
-            )
-            .await,
-            250
-        );
+        send_ok(
+            relay.smtp,
+            "relay@contoso.test",
+            &[&format!("r{i}@example.org")],
+            msg.as_bytes(),
+        )
+        .await;
     }
     let sent = ms.wait_for_sent(n, WAIT).await;
     assert_eq!(sent.len(), n);
@@ -364,14 +350,13 @@ async fn attachment_between_3_000_000_bytes_and_3_mib_is_delivered() {
     let ms = FakeMicrosoft::start().await;
     let relay = TestRelay::start(&ms, RelayOptions::default()).await;
     let data = attachment_bytes(3_050_000);
-    let code = send_raw(
+    send_ok(
         relay.smtp,
         "relay@contoso.test",
         &["alice@example.org"],
         &lettre_message("edge", &data),
     )
     .await;
-    assert_eq!(code, 250);
     let m = &ms.wait_for_sent(1, WAIT).await[0];
     assert!(m.attachments()[0].bytes == data);
     relay.shutdown().await;
@@ -387,14 +372,13 @@ async fn a_failed_draft_is_deleted_and_small_mail_still_flows_without_mail_readw
     .await;
     let relay = TestRelay::start(&ms, RelayOptions::default()).await;
     let big = attachment_bytes(5 * 1024 * 1024);
-    let code = send_raw(
+    send_ok(
         relay.smtp,
         "relay@contoso.test",
         &["alice@example.org"],
         &lettre_message("Big", &big),
     )
     .await;
-    assert_eq!(code, 250);
     let failed = relay.wait_failed(WAIT).await;
     let reason = failed["last_error"]["message"].as_str().unwrap_or("");
     assert!(
@@ -408,16 +392,13 @@ async fn a_failed_draft_is_deleted_and_small_mail_still_flows_without_mail_readw
     );
     let small =
         b"From: relay@contoso.test\r\nTo: bob@example.org\r\nSubject: small\r\n\r\nbody\r\n";
-    assert_eq!(
-        send_raw(
-            relay.smtp,
-            "relay@contoso.test",
-            &["bob@example.org"],
-            small
-        )
-        .await,
-        250
-    );
+    send_ok(
+        relay.smtp,
+        "relay@contoso.test",
+        &["bob@example.org"],
+        small,
+    )
+    .await;
     let sent = ms.wait_for_sent(1, WAIT).await;
     assert_eq!(sent[0].subject().as_deref(), Some("small"));
     relay.shutdown().await;
@@ -432,14 +413,13 @@ async fn an_upload_failure_deletes_the_draft_before_the_retry() {
     );
     let relay = TestRelay::start(&ms, RelayOptions::default()).await;
     let big = attachment_bytes(5 * 1024 * 1024);
-    let code = send_raw(
+    send_ok(
         relay.smtp,
         "relay@contoso.test",
         &["alice@example.org"],
         &lettre_message("Retried big", &big),
     )
     .await;
-    assert_eq!(code, 250);
     let sent = ms.wait_for_sent(1, WAIT).await;
     assert_eq!(sent[0].subject().as_deref(), Some("Retried big"));
     relay.wait_queue_empty(WAIT).await;
@@ -515,27 +495,21 @@ async fn metrics_count_what_happened() {
     let msg = |n: u8| {
         format!("From: relay@contoso.test\r\nTo: a@example.org\r\nSubject: m{n}\r\n\r\nx\r\n")
     };
-    assert_eq!(
-        send_raw(
-            relay.smtp,
-            "relay@contoso.test",
-            &["a@example.org"],
-            msg(1).as_bytes()
-        )
-        .await,
-        250
-    );
+    send_ok(
+        relay.smtp,
+        "relay@contoso.test",
+        &["a@example.org"],
+        msg(1).as_bytes(),
+    )
+    .await;
     relay.wait_queue_empty(WAIT).await;
-    assert_eq!(
-        send_raw(
-            relay.smtp,
-            "relay@contoso.test",
-            &["a@example.org"],
-            msg(2).as_bytes()
-        )
-        .await,
-        250
-    );
+    send_ok(
+        relay.smtp,
+        "relay@contoso.test",
+        &["a@example.org"],
+        msg(2).as_bytes(),
+    )
+    .await;
     ms.wait_for_sent(1, WAIT).await;
     relay.wait_queue_empty(WAIT).await;
     relay

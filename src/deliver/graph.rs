@@ -737,34 +737,23 @@ mod tests {
 
     #[test]
     fn graph_answers_map_to_what_happens_next() {
-        assert!(matches!(
-            classify(error(429, "TooManyRequests"), None),
-            DeliveryError::Transient { .. }
-        ));
-        assert!(matches!(
-            classify(error(503, "serviceNotAvailable"), None),
-            DeliveryError::Transient { .. }
-        ));
-        assert!(matches!(
-            classify(error(504, "x"), None),
-            DeliveryError::Transient { .. }
-        ));
-        assert!(matches!(
-            classify(error(400, "ErrorInvalidRecipients"), None),
-            DeliveryError::Permanent(_)
-        ));
-        assert!(matches!(
-            classify(error(403, "ErrorSendAsDenied"), None),
-            DeliveryError::Permanent(_)
-        ));
-        assert!(matches!(
-            classify(error(413, "x"), None),
-            DeliveryError::Permanent(_)
-        ));
-        assert!(matches!(
-            classify(error(403, "ErrorAccessDenied"), None),
-            DeliveryError::Reauth(_)
-        ));
+        let next = |status, code| match classify(error(status, code), None) {
+            DeliveryError::Transient { .. } => "retry",
+            DeliveryError::Permanent(_) => "fail",
+            DeliveryError::Reauth(_) => "hold",
+            DeliveryError::Missing(_) => "missing",
+        };
+        for (status, code, want) in [
+            (429, "TooManyRequests", "retry"),
+            (503, "serviceNotAvailable", "retry"),
+            (504, "x", "retry"),
+            (400, "ErrorInvalidRecipients", "fail"),
+            (403, "ErrorSendAsDenied", "fail"),
+            (413, "x", "fail"),
+            (403, "ErrorAccessDenied", "hold"),
+        ] {
+            assert_eq!(next(status, code), want, "{status} {code}");
+        }
     }
 
     #[test]

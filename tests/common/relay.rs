@@ -239,6 +239,11 @@ pub async fn send_raw(addr: SocketAddr, from: &str, to: &[&str], message: &[u8])
     u16::from(response.code())
 }
 
+/// Sends like [`send_raw`] and panics unless the relay answered 250.
+pub async fn send_ok(addr: SocketAddr, from: &str, to: &[&str], message: &[u8]) {
+    assert_eq!(send_raw(addr, from, to, message).await, 250);
+}
+
 /// Waits for a line starting with `prefix` on a child's stdout; returns it.
 pub async fn read_line_starting_with(
     stdout: &mut tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
