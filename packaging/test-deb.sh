@@ -70,7 +70,8 @@ expect_stat /usr/share/doc/graph-relay/relay.toml.example "644 root:root"
 dpkg-query -W -f='${Conffiles}\n' graph-relay | grep -q '^ /etc/graph-relay/relay.toml ' ||
     fail "/etc/graph-relay/relay.toml is not a conffile"
 ok "relay.toml is a conffile"
-[ "$(readlink /etc/systemd/system/multi-user.target.wants/graph-relay.service)" = "$unit" ] ||
+wants=/etc/systemd/system/multi-user.target.wants/graph-relay.service
+[ -L $wants ] && [ "$(readlink -f $wants)" = "$(readlink -f $unit)" ] ||
     fail "the unit is not enabled (no multi-user.target.wants link)"
 ok "unit enabled"
 IFS=: read -r _ _ uid gid _ home shell < <(getent passwd graph-relay) || fail "no graph-relay user"
@@ -117,14 +118,15 @@ coproc RELAY {
     umask "$umask_"
     exec "${tracer[@]}" setpriv --reuid="$user" --regid="$user" --init-groups "${exec_start[@]}" 2>"$log"
 }
+coproc_pid=$RELAY_PID  # bash unsets RELAY_PID once the coprocess ends
 ready=""
 while IFS= read -r -t 30 -u "${RELAY[0]}" line; do
     case "$line" in "graph-relay ready "*) ready=$line; break ;; esac
 done
 [ -n "$ready" ] || { cat "$log"; fail "serve did not print its ready line"; }
 # Under strace the relay is strace's child; either way it is the process that printed the line.
-relay_pid=$RELAY_PID
-[ ${#tracer[@]} -eq 0 ] || relay_pid=$(ps -o pid= --ppid "$RELAY_PID" | tr -d ' ')
+relay_pid=$coproc_pid
+[ ${#tracer[@]} -eq 0 ] || relay_pid=$(ps -o pid= --ppid "$coproc_pid" | tr -d ' ')
 smtp=$(sed -n 's/.* smtp=\([^ ,]*\).*/\1/p' <<<"$ready")
 ok "serve as $user: $ready"
 
@@ -138,7 +140,7 @@ queued=($spool/queue/*.json)
 for f in "${queued[@]}" "${queued[0]%.json}.eml"; do expect_stat "$f" "600 graph-relay:graph-relay"; done
 expect_stat $spool/queue "700 graph-relay:graph-relay"
 id=$(basename "${queued[0]}" .json)
-as_service /usr/bin/graph-relay --config /etc/graph-relay/relay.toml queue list | grep -q "^$id " ||
+as_service /usr/bin/graph-relay --config /etc/graph-relay/relay.toml queue list | grep -q "^$id[[:space:]]" ||
     fail "queue list does not show $id"
 ok "message $id queued and listed"
 
@@ -150,7 +152,7 @@ kill -0 "$relay_pid" || fail "the relay died on SIGHUP"
 ok "SIGHUP reloads"
 kill -TERM "$relay_pid"
 status=0
-wait "$RELAY_PID" || status=$?
+wait "$coproc_pid" || status=$?
 relay_pid=""
 [ $status -eq 0 ] || { cat "$log"; fail "serve exited $status on SIGTERM"; }
 ok "SIGTERM: exit 0"
@@ -187,7 +189,16 @@ expect_stat /etc/graph-relay/relay.toml "640 root:graph-relay"
 ok "reinstall keeps the edited relay.toml"
 
 # --- remove: binary and unit go; configuration, spool and user stay ----------------------------
+# The secret as README ("Run as a service") makes it: the service reads it, other users do not.
 install -m 0640 -o root -g graph-relay /dev/null /etc/graph-relay/client_secret
+printf '%s\n' test-secret >/etc/graph-relay/client_secret
+as_service cat /etc/graph-relay/client_secret | grep -qx test-secret ||
+    fail "the service user cannot read /etc/graph-relay/client_secret"
+for f in /etc/graph-relay/relay.toml /etc/graph-relay/client_secret "${queued[0]}"; do
+    ! setpriv --reuid=nobody --regid=nogroup --clear-groups test -r "$f" || fail "nobody can read $f"
+done
+ok "the service user reads the configuration and the secret; nobody else reads them or the spool"
+
 dpkg -r graph-relay
 [ "$(dpkg-query -W -f='${db:Status-Abbrev}' graph-relay)" = "rc " ] || fail "not in state rc after dpkg -r"
 expect_stat /usr/bin/graph-relay absent
@@ -202,7 +213,7 @@ dpkg --purge graph-relay
 ! known || fail "dpkg still knows graph-relay after --purge"
 expect_stat /etc/graph-relay absent
 expect_stat $spool absent
-expect_stat /etc/systemd/system/multi-user.target.wants/graph-relay.service absent
+expect_stat $wants absent
 getent passwd graph-relay >/dev/null || fail "purge removed the graph-relay user (README says it stays)"
 ok "dpkg --purge removes /etc/graph-relay and $spool, keeps the user"
 
