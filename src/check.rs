@@ -77,7 +77,7 @@ pub fn files(config: &Config) -> Vec<KeyError> {
                     TlsSetupError::Rustls(e) => (
                         "smtp.tls_key",
                         format!(
-                            "{} does not go with the certificate {} ({e})",
+                            "{} and the certificate {} do not make a TLS setup ({e})",
                             key_path.display(),
                             cert_path.display()
                         ),
