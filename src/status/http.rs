@@ -132,22 +132,15 @@ pub fn host_allowed(host: &str, local: Option<IpAddr>, allowed: &[String]) -> bo
     if name == "localhost" || name.ends_with(".localhost") {
         return true;
     }
-    let same_ip = |entry: &str| match (
-        name.parse::<IpAddr>(),
-        entry
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .parse::<IpAddr>(),
-    ) {
-        (Ok(a), Ok(b)) => a.to_canonical() == b.to_canonical(),
-        _ => false,
-    };
-    if local.is_some_and(|ip| same_ip(&ip.to_string())) {
+    let ip = name.parse::<IpAddr>().ok().map(|ip| ip.to_canonical());
+    let same_ip = |other: IpAddr| ip == Some(other.to_canonical());
+    if local.is_some_and(same_ip) {
         return true;
     }
-    allowed
-        .iter()
-        .any(|entry| same_ip(entry) || entry.trim_end_matches('.').eq_ignore_ascii_case(&name))
+    allowed.iter().any(|entry| {
+        let bare = entry.trim_start_matches('[').trim_end_matches(']');
+        bare.parse().is_ok_and(same_ip) || entry.trim_end_matches('.').eq_ignore_ascii_case(&name)
+    })
 }
 
 /// Refuses, with 421, a request whose `Host` (or absolute-form target) does not name this
