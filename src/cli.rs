@@ -22,8 +22,9 @@ pub struct Cli {
 pub enum Command {
     /// Run SMTP, delivery and the status page until SIGTERM/SIGINT.
     Serve(ServeArgs),
-    /// Load and validate the configuration; print every bad key.
-    Check,
+    /// Load and validate the configuration; print every bad key, every file it names that
+    /// cannot be read, and what it lacks to deliver mail.
+    Check(CheckArgs),
     /// Microsoft sign-in.
     #[command(subcommand)]
     Auth(AuthCommand),
@@ -35,6 +36,15 @@ pub enum Command {
     /// Hash an SMTP AUTH password (argon2id) for `smtp.users`; prints the hash to paste into
     /// relay.toml as `NAME = { password_hash = "..." }`.
     Passwd(PasswdArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Accept a configuration that cannot deliver yet (no tenant, client id, app credential or
+    /// sender): print those as warnings and exit 0. `serve` starts without them and keeps the
+    /// mail it accepts queued. Bad keys and unreadable files still fail.
+    #[arg(long)]
+    pub allow_incomplete: bool,
 }
 
 #[derive(Debug, Args)]

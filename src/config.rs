@@ -217,6 +217,10 @@ pub struct StatusConfig {
     /// `None` when the status listener is disabled (empty string).
     #[serde(deserialize_with = "optional_socket_addr")]
     pub listen: Option<SocketAddr>,
+    /// Extra names (or IP addresses) the listener answers to in `Host`, beyond its own IP
+    /// address and `localhost`: anything else is refused, which stops DNS rebinding.
+    #[serde(deserialize_with = "string_list")]
+    pub allowed_hosts: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -482,6 +486,14 @@ impl Config {
                 "must not be smaller than queue.retry_min".into(),
             );
         }
+        for host in &self.status.allowed_hosts {
+            if !is_host_name(host) {
+                bad(
+                    "status.allowed_hosts",
+                    format!("{host:?} is not a host name or IP address (no scheme, port or path)"),
+                );
+            }
+        }
         if let Some(url) = &self.notify.webhook_url
             && reqwest::Url::parse(url).is_err()
         {
@@ -579,6 +591,19 @@ fn is_plain_address(address: &str) -> bool {
         }
         None => false,
     }
+}
+
+/// A bare host name or IP address as `Host` would carry it, without a port: what
+/// `status.allowed_hosts` lists.
+pub fn is_host_name(host: &str) -> bool {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    if bare.parse::<IpAddr>().is_ok() {
+        return true;
+    }
+    !host.is_empty()
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-._".contains(c))
 }
 
 fn system_hostname() -> Option<String> {
@@ -958,6 +983,24 @@ retry_min = "soon"
         assert!(paths.contains(&"smtp.tls_cert".to_string()));
         assert!(paths.contains(&"smtp.data_memory_bytes".to_string()));
         assert!(paths.contains(&"queue.retry_max".to_string()));
+    }
+
+    #[test]
+    fn status_allowed_hosts_are_bare_names_or_addresses() {
+        let good =
+            "[status]\nallowed_hosts = [\"relay.lan\", \"203.0.113.7\", \"[::1]\", \"fe80::1\"]\n";
+        assert_eq!(load(Some(good), &[]).unwrap().status.allowed_hosts.len(), 4);
+        let env = load(
+            None,
+            &[("GRAPH_RELAY__STATUS__ALLOWED_HOSTS", "a.lan, b.lan")],
+        )
+        .unwrap();
+        assert_eq!(env.status.allowed_hosts, ["a.lan", "b.lan"]);
+        for bad in ["relay.lan:8025", "http://relay.lan", "relay.lan/x", "", "*"] {
+            let file = format!("[status]\nallowed_hosts = [{bad:?}]\n");
+            let paths = bad_paths(load(Some(&file), &[]).unwrap_err());
+            assert_eq!(paths, ["status.allowed_hosts"], "{bad:?}");
+        }
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod status;
 pub mod app;
 pub mod cli;
 pub mod send_test;
+pub mod check;
 
 /// What a unit test returns, so setup failures use `?` instead of panicking unwraps.
 #[cfg(test)]

@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use graph_relay::auth;
 use graph_relay::cli::{
-    AuthCommand, Cli, Command, PasswdArgs, QueueCommand, SendTestArgs, ServeArgs,
+    AuthCommand, CheckArgs, Cli, Command, PasswdArgs, QueueCommand, SendTestArgs, ServeArgs,
 };
 use graph_relay::clock::SystemClock;
 use graph_relay::config::{Config, ConfigError, Flow, Source};
@@ -54,8 +54,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Some(path) => Source::Explicit(path.clone()),
         None => Source::Default,
     };
-    if let Command::Check = cli.command {
-        return Ok(check(&source));
+    if let Command::Check(args) = &cli.command {
+        return Ok(check(&source, args));
     }
     if let Command::Passwd(args) = &cli.command {
         return passwd(args);
@@ -63,7 +63,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     let config = load(&source)?;
     match cli.command {
         Command::Serve(args) => serve(config, args, &source).await,
-        Command::Check | Command::Passwd(_) => unreachable!("handled above"),
+        Command::Check(_) | Command::Passwd(_) => unreachable!("handled above"),
         Command::Auth(AuthCommand::Login) => login(config).await,
         Command::Auth(AuthCommand::Status) => auth_status(config).await,
         Command::Queue(command) => queue(config, command),
@@ -75,23 +75,49 @@ fn load(source: &Source) -> Result<Config> {
     Config::load(source).map_err(|e| anyhow::anyhow!(e))
 }
 
-fn check(source: &Source) -> ExitCode {
-    match Config::load(source) {
-        Ok(_) => {
-            println!("configuration OK");
-            ExitCode::SUCCESS
-        }
+/// `check`: bad keys, then files the configuration names that cannot be used, then what it
+/// lacks to deliver (an error unless `--allow-incomplete`, since `serve` runs without it).
+fn check(source: &Source, args: &CheckArgs) -> ExitCode {
+    let config = match Config::load(source) {
+        Ok(config) => config,
         Err(ConfigError::Invalid(errors)) => {
             for error in errors {
                 println!("{error}");
             }
-            ExitCode::FAILURE
+            return ExitCode::FAILURE;
         }
         Err(e) => {
             println!("{e}");
-            ExitCode::FAILURE
+            return ExitCode::FAILURE;
         }
+    };
+    let files = graph_relay::check::files(&config);
+    for error in &files {
+        println!("{error}");
     }
+    let gaps = graph_relay::check::delivery_gaps(&config);
+    let warn = if args.allow_incomplete {
+        "warning: "
+    } else {
+        ""
+    };
+    for gap in &gaps {
+        println!("{warn}{gap}");
+    }
+    if !gaps.is_empty() && !args.allow_incomplete {
+        println!(
+            "(to accept a configuration that cannot deliver yet: graph-relay check --allow-incomplete)"
+        );
+    }
+    if !files.is_empty() || (!gaps.is_empty() && !args.allow_incomplete) {
+        return ExitCode::FAILURE;
+    }
+    if gaps.is_empty() {
+        println!("configuration OK");
+    } else {
+        println!("configuration OK, but it cannot deliver yet (see the warnings above)");
+    }
+    ExitCode::SUCCESS
 }
 
 async fn serve(config: Config, args: ServeArgs, source: &Source) -> Result<ExitCode> {

@@ -47,18 +47,46 @@ fn check_lists_every_bad_key_with_its_path_and_exits_1() {
     }
 }
 
+/// The shipped relay.toml has no Microsoft settings: valid keys, but nothing could be delivered.
+/// `check` says what is missing and that serve would still run; `--allow-incomplete` accepts it.
 #[test]
-fn check_accepts_the_shipped_relay_toml_and_a_missing_explicit_file_fails() {
+fn check_on_the_shipped_relay_toml_lists_what_it_cannot_deliver_without() {
     let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("relay.toml");
-    let out = relay(&["--config", shipped.to_str().unwrap(), "check"]);
+    let shipped = shipped.to_str().unwrap();
+    let out = relay(&["--config", shipped, "check"]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}{}", text(&out.stderr));
+    let gaps: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.starts_with("cannot deliver: "))
+        .collect();
+    assert_eq!(gaps.len(), 4, "{stdout}");
+    for (gap, names) in gaps.iter().zip([
+        "microsoft.tenant is not set",
+        "microsoft.client_id is not set",
+        "microsoft.client_secret_file, client_secret, or client_certificate + client_key",
+        "microsoft.sender is not set and microsoft.allowed_senders is empty",
+    ]) {
+        assert!(gap.contains(names), "{names:?} not in {gap:?}");
+        assert!(gap.contains("serve would still start"), "{gap}");
+    }
+    assert!(!stdout.contains("configuration OK"), "{stdout}");
+
+    let out = relay(&["--config", shipped, "check", "--allow-incomplete"]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{}", text(&out.stderr));
     assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}{}",
-        text(&out.stdout),
-        text(&out.stderr)
+        stdout
+            .lines()
+            .filter(|l| l.starts_with("warning: cannot deliver: "))
+            .count(),
+        4,
+        "{stdout}"
     );
-    assert_eq!(text(&out.stdout).trim(), "configuration OK");
+    assert_eq!(
+        stdout.lines().last(),
+        Some("configuration OK, but it cannot deliver yet (see the warnings above)")
+    );
 
     let out = relay(&["--config", "/nonexistent/relay.toml", "check"]);
     assert_eq!(out.status.code(), Some(1));
@@ -67,6 +95,119 @@ fn check_accepts_the_shipped_relay_toml_and_a_missing_explicit_file_fails() {
         "{}",
         text(&out.stdout)
     );
+}
+
+fn fixture(name: &str) -> String {
+    format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// `[microsoft]` lines that can deliver (client credentials), given the credential lines.
+fn deliverable(credential: &str) -> String {
+    format!(
+        "[microsoft]\ntenant = \"contoso.test\"\nclient_id = \"app\"\nsender = \"relay@contoso.test\"\n{credential}"
+    )
+}
+
+/// Each file key naming a missing, unreadable or wrong file is reported with the key and the
+/// path, even with `--allow-incomplete`; exit 1.
+#[test]
+fn check_reports_each_unusable_file_with_its_path_and_exits_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = |name: &str| dir.path().join(name).display().to_string();
+    let a_directory = dir.path().display().to_string();
+    let cases = [
+        (
+            format!(
+                "[smtp]\ntls_cert = {:?}\ntls_key = {a_directory:?}\n{}",
+                missing("relay.crt"),
+                deliverable(&format!("client_secret_file = {:?}\n", missing("secret")))
+            ),
+            vec![
+                format!(
+                    "microsoft.client_secret_file: cannot read {}: No such file or directory",
+                    missing("secret")
+                ),
+                format!(
+                    "smtp.tls_cert: cannot read {}: No such file or directory",
+                    missing("relay.crt")
+                ),
+                format!("smtp.tls_key: cannot read {a_directory}: Is a directory"),
+            ],
+        ),
+        (
+            // Readable, but a private key where the certificate belongs.
+            format!(
+                "[smtp]\ntls_cert = {key:?}\ntls_key = {key:?}\n{}",
+                deliverable("client_secret = \"s\"\n"),
+                key = fixture("app.key")
+            ),
+            vec![format!(
+                "smtp.tls_cert: {} holds no PEM certificate",
+                fixture("app.key")
+            )],
+        ),
+        (
+            deliverable(&format!(
+                "client_certificate = {:?}\nclient_key = {:?}\n",
+                missing("app.crt"),
+                missing("app.key")
+            )),
+            vec![
+                format!(
+                    "microsoft.client_certificate: cannot read {}: No such file or directory",
+                    missing("app.crt")
+                ),
+                format!(
+                    "microsoft.client_key: cannot read {}: No such file or directory",
+                    missing("app.key")
+                ),
+            ],
+        ),
+    ];
+    for (body, expected) in cases {
+        let config = write_config(dir.path(), &body);
+        for extra in [&[][..], &["--allow-incomplete"][..]] {
+            let mut args = vec!["--config", config.as_str(), "check"];
+            args.extend(extra);
+            let out = relay(&args);
+            let stdout = text(&out.stdout);
+            assert_eq!(out.status.code(), Some(1), "{body}\n{stdout}");
+            let lines: Vec<&str> = stdout.lines().collect();
+            assert_eq!(lines, expected, "{body}");
+        }
+    }
+}
+
+/// A configuration that can deliver, with every file it names readable: exit 0.
+#[test]
+fn check_accepts_a_complete_config_with_readable_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "s3cret\n").unwrap();
+    let tls = format!(
+        "[smtp]\ntls_cert = {:?}\ntls_key = {:?}\n",
+        fixture("app.crt"),
+        fixture("app.key")
+    );
+    for credential in [
+        format!("client_secret_file = {:?}\n", secret.display().to_string()),
+        format!(
+            "client_certificate = {:?}\nclient_key = {:?}\n",
+            fixture("app.crt"),
+            fixture("app-pkcs1.key")
+        ),
+    ] {
+        let config = write_config(dir.path(), &format!("{tls}{}", deliverable(&credential)));
+        let out = relay(&["--config", &config, "check"]);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}{}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+        assert_eq!(text(&out.stdout), "configuration OK\n");
+    }
 }
 
 #[test]

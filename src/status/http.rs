@@ -1,16 +1,20 @@
 //! The status listener: `GET /status` (JSON, design section 4), `GET /metrics` (Prometheus
 //! text), `GET /` (a page for people) and its actions — Re-authorize, retry, delete — which are
-//! POSTs accepted from loopback only and never from another site's page.
+//! POSTs accepted from loopback only and never from another site's page. Every request must name
+//! this listener in `Host` (DNS rebinding), and every action is logged with the client address.
 
 use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
-use axum::extract::{ConnectInfo, Path, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::extract::connect_info::Connected;
+use axum::extract::{ConnectInfo, Path, Request, State};
+use axum::http::{HeaderMap, StatusCode, Uri, header};
+use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
+use axum::serve::IncomingStream;
 use axum::{Json, Router};
 use serde_json::json;
 use tokio::sync::Notify;
@@ -20,7 +24,7 @@ use tracing::{info, warn};
 use super::Counters;
 use crate::auth::device_code::{DeviceCode, DeviceLogin};
 use crate::auth::{TokenSource, TokenState};
-use crate::config::Config;
+use crate::config::{Config, is_host_name};
 use crate::deliver::{GraphStats, LATENCY_BUCKETS};
 use crate::spool::{QueueCounts, QueueId, Record, Spool, SpoolError, State as MailState};
 
@@ -61,7 +65,25 @@ pub fn router(ctx: Ctx) -> Router {
         .route("/reauthorize", post(reauthorize))
         .route("/queue/{id}/retry", post(retry))
         .route("/queue/{id}/delete", post(delete))
+        .layer(middleware::from_fn_with_state(ctx.clone(), host_guard))
         .with_state(ctx)
+}
+
+/// Both ends of a status connection: the client, and the address it reached (the listener's
+/// own IP, which matters when it is bound to a wildcard address).
+#[derive(Debug, Clone, Copy)]
+pub struct Conn {
+    pub peer: SocketAddr,
+    pub local: Option<SocketAddr>,
+}
+
+impl Connected<IncomingStream<'_, tokio::net::TcpListener>> for Conn {
+    fn connect_info(stream: IncomingStream<'_, tokio::net::TcpListener>) -> Self {
+        Conn {
+            peer: *stream.remote_addr(),
+            local: stream.io().local_addr().ok(),
+        }
+    }
 }
 
 /// Serves until `shutdown` is cancelled.
@@ -72,31 +94,130 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     axum::serve(
         listener,
-        router(ctx).into_make_service_with_connect_info::<SocketAddr>(),
+        router(ctx).into_make_service_with_connect_info::<Conn>(),
     )
     .with_graceful_shutdown(async move { shutdown.cancelled().await })
     .await
 }
 
+/// The host part of a `Host` value (`name`, `name:port`, `IPv4:port`, `[IPv6]:port`),
+/// lower-cased and without a trailing dot; `None` when it is not of that shape.
+fn host_name(host: &str) -> Option<String> {
+    let (name, port) = match host.strip_prefix('[') {
+        Some(rest) => {
+            let (inner, after) = rest.split_once(']')?;
+            inner.parse::<std::net::Ipv6Addr>().ok()?;
+            let port = if after.is_empty() {
+                ""
+            } else {
+                after.strip_prefix(':')?
+            };
+            (inner, port)
+        }
+        None => host.split_once(':').unwrap_or((host, "")),
+    };
+    let name = name.strip_suffix('.').unwrap_or(name);
+    (port.chars().all(|c| c.is_ascii_digit()) && is_host_name(name))
+        .then(|| name.to_ascii_lowercase())
+}
+
+/// True when `host` names this listener: its own IP address (`local`), `localhost` or
+/// `NAME.localhost` (browsers resolve those to loopback themselves, so no DNS answer can point
+/// them elsewhere), or one of `status.allowed_hosts`. Any other name reached us through a DNS
+/// answer we did not give: a page on that name must not read or act here (DNS rebinding).
+pub fn host_allowed(host: &str, local: Option<IpAddr>, allowed: &[String]) -> bool {
+    let Some(name) = host_name(host) else {
+        return false;
+    };
+    if name == "localhost" || name.ends_with(".localhost") {
+        return true;
+    }
+    let ip = name.parse::<IpAddr>().ok().map(|ip| ip.to_canonical());
+    let same_ip = |other: IpAddr| ip == Some(other.to_canonical());
+    if local.is_some_and(same_ip) {
+        return true;
+    }
+    allowed.iter().any(|entry| {
+        let bare = entry.trim_start_matches('[').trim_end_matches(']');
+        bare.parse().is_ok_and(same_ip) || entry.trim_end_matches('.').eq_ignore_ascii_case(&name)
+    })
+}
+
+/// Refuses, with 421, a request whose `Host` (or absolute-form target) does not name this
+/// listener, before any handler reads the spool.
+async fn host_guard(
+    State(ctx): State<Ctx>,
+    ConnectInfo(conn): ConnectInfo<Conn>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let header = request
+        .headers()
+        .get(header::HOST)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+    let target = request.uri().authority().map(|a| a.as_str().to_string());
+    let named: Vec<&String> = header.iter().chain(target.iter()).collect();
+    let allowed = &ctx.config.status.allowed_hosts;
+    let local = conn.local.map(|a| a.ip());
+    if !named.is_empty() && named.iter().all(|h| host_allowed(h, local, allowed)) {
+        return next.run(request).await;
+    }
+    warn!(
+        host = ?header.as_deref().unwrap_or("(none)"),
+        client = %conn.peer,
+        method = %request.method(),
+        path = %request.uri().path(),
+        "status listener: refused a request whose Host does not name this listener \
+         (add the name to status.allowed_hosts if it is yours)"
+    );
+    (
+        StatusCode::MISDIRECTED_REQUEST,
+        "this listener does not answer to that Host name (see status.allowed_hosts)\n",
+    )
+        .into_response()
+}
+
+/// True when `url` (an `Origin` or `Referer`) is a page of `host` itself.
+fn same_site(url: &str, host: &str) -> bool {
+    url.parse::<Uri>().is_ok_and(|uri| {
+        matches!(uri.scheme_str(), Some("http" | "https"))
+            && uri
+                .authority()
+                .is_some_and(|a| a.as_str().eq_ignore_ascii_case(host))
+    })
+}
+
 /// Actions change the queue or start a sign-in: only a local client may, and only from this
-/// page (a browser sends `Origin` with a cross-site POST; it must name this very host).
+/// page. A browser names the page a POST comes from in `Origin` (or, failing that, `Referer`);
+/// it must be this very host. Without either, the client is not a browser on another site.
 pub fn action_allowed(peer: IpAddr, headers: &HeaderMap) -> bool {
     if !peer.to_canonical().is_loopback() {
         return false;
     }
-    let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
-    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
-    match (origin, host) {
+    let value = |name| {
+        headers
+            .get(name)
+            .and_then(|v: &header::HeaderValue| v.to_str().ok())
+    };
+    let host = value(header::HOST);
+    match (
+        value(header::ORIGIN).or_else(|| value(header::REFERER)),
+        host,
+    ) {
         (None, _) => true,
-        (Some(origin), Some(host)) => origin
-            .strip_prefix("http://")
-            .or_else(|| origin.strip_prefix("https://"))
-            .is_some_and(|o| o == host),
+        (Some(page), Some(host)) => same_site(page, host),
         (Some(_), None) => false,
     }
 }
 
-fn forbidden() -> Response {
+fn forbidden(what: &str, peer: SocketAddr, headers: &HeaderMap) -> Response {
+    warn!(
+        action = what,
+        client = %peer,
+        origin = ?headers.get(header::ORIGIN),
+        referer = ?headers.get(header::REFERER),
+        "status page: action refused (only from this host's own status page)"
+    );
     (
         StatusCode::FORBIDDEN,
         "actions are accepted from this host's own status page only\n",
@@ -263,18 +384,20 @@ async fn metrics(State(ctx): State<Ctx>) -> Response {
 /// endpoint again now (client credentials).
 async fn reauthorize(
     State(ctx): State<Ctx>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ConnectInfo(conn): ConnectInfo<Conn>,
     headers: HeaderMap,
 ) -> Response {
+    let peer = conn.peer;
     if !action_allowed(peer.ip(), &headers) {
-        return forbidden();
+        return forbidden("reauthorize", peer, &headers);
     }
     let Some(device) = ctx.device.clone() else {
         let tokens = ctx.tokens.clone();
         let outcome = tokens.token().await;
         info!(
+            client = %peer,
             ok = outcome.is_ok(),
-            "re-authorize pressed: asked the token endpoint again"
+            "status page: re-authorize pressed: asked the token endpoint again"
         );
         ctx.waker.notify_one();
         return Redirect::to("/").into_response();
@@ -283,11 +406,12 @@ async fn reauthorize(
         && std::time::Instant::now() < *until
     {
         // A code is already out: pressing again must not start a second login.
+        info!(client = %peer, "status page: re-authorize pressed: a device code is already out");
         return Redirect::to("/").into_response();
     }
     match device.start().await {
         Ok(code) => {
-            info!(verification_uri = %code.verification_uri, "re-authorize pressed: device code login started");
+            info!(client = %peer, verification_uri = %code.verification_uri, "status page: re-authorize pressed: device code login started");
             let until = std::time::Instant::now() + std::time::Duration::from_secs(code.expires_in);
             *ctx.login.lock().expect("login lock") = LoginView::Waiting(code.clone(), until);
             let ctx = ctx.clone();
@@ -316,18 +440,21 @@ async fn reauthorize(
                 *ctx.login.lock().expect("login lock") = view;
             });
         }
-        Err(e) => *ctx.login.lock().expect("login lock") = LoginView::Failed(e.to_string()),
+        Err(e) => {
+            warn!(client = %peer, error = %e, "status page: re-authorize pressed: device code login did not start");
+            *ctx.login.lock().expect("login lock") = LoginView::Failed(e.to_string());
+        }
     }
     Redirect::to("/").into_response()
 }
 
 async fn retry(
     State(ctx): State<Ctx>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ConnectInfo(conn): ConnectInfo<Conn>,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    queue_action(ctx, peer, headers, id, |spool, id| {
+    queue_action(ctx, conn.peer, headers, id, "retry", |spool, id| {
         spool.retry(&id, SystemTime::now()).map(drop)
     })
     .await
@@ -335,43 +462,50 @@ async fn retry(
 
 async fn delete(
     State(ctx): State<Ctx>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ConnectInfo(conn): ConnectInfo<Conn>,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    queue_action(ctx, peer, headers, id, |spool, id| {
+    queue_action(ctx, conn.peer, headers, id, "delete", |spool, id| {
         spool.delete(&id).map(drop)
     })
     .await
 }
 
+/// Runs a queue button's action; each one pressed is logged, with what became of it, so the
+/// log says who changed the queue from the page.
 async fn queue_action(
     ctx: Ctx,
     peer: SocketAddr,
     headers: HeaderMap,
     id: String,
+    what: &'static str,
     action: fn(&Spool, QueueId) -> Result<(), SpoolError>,
 ) -> Response {
     if !action_allowed(peer.ip(), &headers) {
-        return forbidden();
+        return forbidden(what, peer, &headers);
     }
-    let Some(id) = QueueId::parse(&id) else {
+    let Some(queue_id) = QueueId::parse(&id) else {
         return (StatusCode::NOT_FOUND, "not a queue id\n").into_response();
     };
     let spool = ctx.spool.clone();
-    match blocking(move || action(&spool, id)).await {
+    match blocking(move || action(&spool, queue_id)).await {
         Ok(()) => {
+            info!(action = what, id = %id, client = %peer, "status page: {what} done");
             ctx.waker.notify_one();
             Redirect::to("/").into_response()
         }
-        Err(response) => response,
+        Err(response) => {
+            warn!(action = what, id = %id, client = %peer, status = %response.status(), "status page: {what} failed");
+            response
+        }
     }
 }
 
 /// The page lists senders and recipients, so it is shown to local clients only; `/status` and
 /// `/metrics` carry counts alone and may be scraped from elsewhere.
-async fn page(State(ctx): State<Ctx>, ConnectInfo(peer): ConnectInfo<SocketAddr>) -> Response {
-    if !peer.ip().to_canonical().is_loopback() {
+async fn page(State(ctx): State<Ctx>, ConnectInfo(conn): ConnectInfo<Conn>) -> Response {
+    if !conn.peer.ip().to_canonical().is_loopback() {
         return (
             StatusCode::FORBIDDEN,
             "the status page is shown on this host only; /status and /metrics are open\n",
@@ -592,6 +726,84 @@ mod tests {
             local,
             &headers(&[("origin", "http://127.0.0.1:8025")])
         ));
+    }
+
+    #[test]
+    fn origin_or_referer_must_be_this_host() {
+        let local: IpAddr = "127.0.0.1".parse().unwrap();
+        let host = ("host", "localhost:8025");
+        for (page, ok) in [
+            ("http://localhost:8025", true),
+            ("http://LOCALHOST:8025", true),
+            ("https://localhost:8025", true),
+            ("http://localhost:8026", false),
+            ("http://evil.example:8025", false),
+            ("null", false),
+            ("file:///tmp/x.html", false),
+        ] {
+            assert_eq!(
+                action_allowed(local, &headers(&[host, ("origin", page)])),
+                ok,
+                "Origin {page}"
+            );
+        }
+        assert!(action_allowed(
+            local,
+            &headers(&[host, ("referer", "http://localhost:8025/?x=1")])
+        ));
+        assert!(!action_allowed(
+            local,
+            &headers(&[host, ("referer", "http://evil.example:8025/attack.html")])
+        ));
+        // Origin wins over Referer: a cross-site Origin is not excused by a local Referer.
+        assert!(!action_allowed(
+            local,
+            &headers(&[
+                host,
+                ("origin", "http://evil.example:8025"),
+                ("referer", "http://localhost:8025/")
+            ])
+        ));
+    }
+
+    #[test]
+    fn host_must_name_this_listener() {
+        let v4: Option<IpAddr> = Some("127.0.0.1".parse().unwrap());
+        let v6: Option<IpAddr> = Some("::1".parse().unwrap());
+        let lan: Option<IpAddr> = Some("192.0.2.10".parse().unwrap());
+        let allowed = ["relay.lan".to_string(), "203.0.113.7".to_string()];
+        for (host, local, ok) in [
+            ("127.0.0.1:8025", v4, true),
+            ("127.0.0.1", v4, true),
+            ("[::1]:8025", v6, true),
+            ("[::1]", v6, true),
+            ("[::ffff:127.0.0.1]:8025", v4, true),
+            ("localhost:8025", v4, true),
+            ("LocalHost.", v4, true),
+            ("app.localhost:8025", v4, true),
+            ("192.0.2.10:8025", lan, true),
+            ("relay.lan:8025", lan, true),
+            ("RELAY.LAN.", lan, true),
+            ("203.0.113.7:80", lan, true),
+            // DNS rebinding: a name that merely resolves here.
+            ("evil.example:8025", v4, false),
+            ("evil.example", v4, false),
+            ("localhost.evil.example", v4, false),
+            ("relay.lan.evil.example", lan, false),
+            // Another IP than the one the client reached.
+            ("127.0.0.2:8025", v4, false),
+            ("192.0.2.11", lan, false),
+            // Not a Host value at all.
+            ("", v4, false),
+            ("::1", v6, false),
+            ("[::1]x", v6, false),
+            ("[evil.example]:80", v4, false),
+            ("localhost:80x", v4, false),
+            ("user@localhost", v4, false),
+            ("localhost/x", v4, false),
+        ] {
+            assert_eq!(host_allowed(host, local, &allowed), ok, "Host {host:?}");
+        }
     }
 
     #[test]

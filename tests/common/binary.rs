@@ -16,6 +16,8 @@ const START: Duration = Duration::from_secs(20);
 pub struct RelayProcess {
     child: Child,
     pub smtp: SocketAddr,
+    /// The status listener, unless it is off.
+    pub status: Option<SocketAddr>,
 }
 
 impl RelayProcess {
@@ -55,7 +57,15 @@ impl RelayProcess {
             .unwrap_or_else(|| panic!("no smtp= in {ready:?}"))
             .parse()
             .unwrap_or_else(|e| panic!("bad smtp address in {ready:?}: {e}"));
-        RelayProcess { child, smtp }
+        let status = ready
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("status="))
+            .and_then(|addr| addr.parse().ok());
+        RelayProcess {
+            child,
+            smtp,
+            status,
+        }
     }
 
     pub fn pid(&self) -> u32 {
