@@ -59,8 +59,8 @@ pub enum AppError {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("cannot build the HTTP client: {0}")]
-    Http(String),
+    #[error(transparent)]
+    Http(#[from] crate::outbound::OutboundError),
     #[error("cannot set up SMTP TLS: {0}")]
     Tls(String),
 }
@@ -137,11 +137,7 @@ pub async fn start(config: Config, opts: StartOptions) -> Result<Running, AppErr
     if let Some(hook) = opts.spool_write_hook.clone() {
         spool = spool.with_write_hook(hook);
     }
-    let http = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .connect_timeout(Duration::from_secs(15))
-        .build()
-        .map_err(|e| AppError::Http(e.to_string()))?;
+    let http = crate::outbound::client(&config)?;
     let tokens = Arc::new(Tokens::new(&config, http.clone(), opts.clock.clone()));
     let counters = Arc::new(Counters::default());
     let graph_stats = Arc::new(GraphStats::default());

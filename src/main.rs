@@ -154,17 +154,14 @@ impl Signals {
     }
 }
 
-fn http_client() -> Result<reqwest::Client> {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .context("building the HTTP client")
+fn http_client(config: &Config) -> Result<reqwest::Client> {
+    Ok(graph_relay::outbound::client(config)?)
 }
 
 /// `auth login`: the device code flow (delegated), or proof that the app credentials work.
 /// Either way the token cache changes, which a running `serve` notices within seconds.
 async fn login(config: Config) -> Result<ExitCode> {
-    let http = http_client()?;
+    let http = http_client(&config)?;
     if let Some(device) = auth::device_login(&config, http.clone()) {
         let code = device.start().await?;
         println!(
@@ -211,7 +208,7 @@ async fn login(config: Config) -> Result<ExitCode> {
 
 /// `auth status`: state and expiry; exit 0 when a token can be had.
 async fn auth_status(config: Config) -> Result<ExitCode> {
-    let tokens = auth::from_config(&config, http_client()?, Arc::new(SystemClock));
+    let tokens = auth::from_config(&config, http_client(&config)?, Arc::new(SystemClock));
     let outcome = tokens.token().await;
     let status = tokens.status();
     println!(
