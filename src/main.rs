@@ -227,9 +227,7 @@ async fn auth_status(config: Config) -> Result<ExitCode> {
         Ok(_) => Ok(ExitCode::SUCCESS),
         Err(e) => {
             println!("reason: {e}");
-            if e.needs_person() {
-                println!("fix: {}", app::reauth_action(&config));
-            }
+            println!("fix: {}", auth::advice::for_error(&config, &e));
             Ok(ExitCode::FAILURE)
         }
     }
@@ -241,7 +239,11 @@ fn queue(config: Config, command: QueueCommand) -> Result<ExitCode> {
     let now = SystemTime::now();
     match command {
         QueueCommand::List => {
-            for record in spool.list_all()? {
+            let records = spool.list_all()?;
+            if records.is_empty() {
+                println!("queue is empty");
+            }
+            for record in records {
                 println!("{}", list_line(&record));
             }
             Ok(ExitCode::SUCCESS)

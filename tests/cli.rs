@@ -165,6 +165,21 @@ fn queue_list_retry_and_delete() {
 }
 
 #[test]
+fn queue_list_on_an_empty_queue_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        &format!(
+            "[queue]\ndir = \"{}\"\n",
+            dir.path().join("spool").display()
+        ),
+    );
+    let out = relay(&["--config", &config, "queue", "list"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(text(&out.stdout), "queue is empty\n");
+}
+
+#[test]
 fn unknown_ids_exit_1() {
     let dir = tempfile::tempdir().unwrap();
     let (config, _, _) = spool_with_mail(dir.path());

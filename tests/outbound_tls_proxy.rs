@@ -314,6 +314,38 @@ async fn an_untrusted_certificate_holds_mail_and_queue_list_says_why() {
     assert!(relay.terminate().await.success());
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_status_blames_the_certificate_and_says_how_to_trust_the_ca() {
+    let ms = FakeMicrosoft::start().await;
+    let ca = TestCa::new(&["127.0.0.1"]);
+    let front = tls_front(&ca, ms.addr()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &ms, "127.0.0.1", front.port(), "");
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_graph-relay"));
+    for name in NETWORK_ENV {
+        command.env_remove(name);
+    }
+    let out = command
+        .arg("--config")
+        .arg(&config)
+        .args(["auth", "status"])
+        .output()
+        .await
+        .expect("auth status runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("UnknownIssuer"), "{stdout}");
+    let fix = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("fix: "))
+        .unwrap_or_else(|| panic!("no fix: line in\n{stdout}"));
+    assert!(
+        fix.starts_with("the server's TLS certificate is not trusted")
+            && fix.contains("SSL_CERT_FILE"),
+        "{fix}"
+    );
+}
+
 #[tokio::test]
 async fn https_proxy_from_the_environment_carries_every_request() {
     let ms = FakeMicrosoft::start().await;
