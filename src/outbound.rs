@@ -33,7 +33,13 @@ pub fn client(config: &Config) -> Result<reqwest::Client, OutboundError> {
     let mut builder = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(CONNECT_TIMEOUT);
-    for cert in system_roots() {
+    let roots = system_roots();
+    info!(
+        certificates = roots.len(),
+        source = %roots_source(),
+        "outbound TLS trusts these CAs and the built-in web roots"
+    );
+    for cert in roots {
         builder = builder.add_root_certificate(
             reqwest::Certificate::from_der(&cert)
                 .map_err(|e| OutboundError::Build(e.to_string()))?,
@@ -60,30 +66,29 @@ pub fn client(config: &Config) -> Result<reqwest::Client, OutboundError> {
 
 /// The system's CA certificates that rustls can use. Stores often hold a few certificates
 /// rustls cannot parse; they are skipped (one unusable entry must not cost every other CA).
-fn system_roots() -> Vec<CertificateDer<'static>> {
+pub fn system_roots() -> Vec<CertificateDer<'static>> {
     let loaded = rustls_native_certs::load_native_certs();
     for error in &loaded.errors {
         warn!(error = %error, "reading the system CA certificates");
     }
-    let usable: Vec<_> = loaded
+    loaded
         .certs
         .into_iter()
         .filter(|cert| RootCertStore::empty().add(cert.clone()).is_ok())
-        .collect();
-    let source = ["SSL_CERT_FILE", "SSL_CERT_DIR"]
+        .collect()
+}
+
+/// Where [`system_roots`] came from, for the start-up log.
+fn roots_source() -> String {
+    let set = ["SSL_CERT_FILE", "SSL_CERT_DIR"]
         .iter()
         .filter_map(|name| std::env::var(name).ok().map(|v| format!("{name}={v}")))
         .collect::<Vec<_>>();
-    info!(
-        certificates = usable.len(),
-        source = if source.is_empty() {
-            "system store".to_string()
-        } else {
-            source.join(" ")
-        },
-        "outbound TLS trusts these CAs and the built-in web roots"
-    );
-    usable
+    if set.is_empty() {
+        "system store".into()
+    } else {
+        set.join(" ")
+    }
 }
 
 /// The proxy the HTTP library takes from the environment for https URLs, for the start-up log.
