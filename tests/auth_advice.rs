@@ -33,6 +33,15 @@ async fn auth_status(dir: &Path, ms: &FakeMicrosoft, microsoft: &str) -> (Option
     )
 }
 
+/// `[microsoft]` lines for the fake's app with this credential line.
+fn app(ms: &FakeMicrosoft, credential: &str) -> String {
+    format!(
+        "tenant = \"{}\"\nclient_id = \"{}\"\n{credential}\n",
+        ms.tenant(),
+        ms.client_id()
+    )
+}
+
 fn fix_line(stdout: &str) -> &str {
     stdout
         .lines()
@@ -67,11 +76,9 @@ async fn an_expired_secret_says_create_a_new_one_and_where_to_put_it() {
     let dir = tempfile::tempdir().unwrap();
     let secret = dir.path().join("client-secret");
     std::fs::write(&secret, ms.client_secret()).unwrap();
-    let microsoft = format!(
-        "tenant = \"{}\"\nclient_id = \"{}\"\nclient_secret_file = \"{}\"\n",
-        ms.tenant(),
-        ms.client_id(),
-        secret.display()
+    let microsoft = app(
+        &ms,
+        &format!("client_secret_file = \"{}\"", secret.display()),
     );
     let (code, stdout) = auth_status(dir.path(), &ms, &microsoft).await;
     assert_eq!(code, Some(1));
@@ -93,12 +100,7 @@ async fn revoked_consent_says_grant_admin_consent() {
     let ms = FakeMicrosoft::start().await;
     ms.set_token_failure(Some(TokenFailure::ConsentRevoked));
     let dir = tempfile::tempdir().unwrap();
-    let microsoft = format!(
-        "tenant = \"{}\"\nclient_id = \"{}\"\nclient_secret = \"{}\"\n",
-        ms.tenant(),
-        ms.client_id(),
-        ms.client_secret()
-    );
+    let microsoft = app(&ms, &format!("client_secret = \"{}\"", ms.client_secret()));
     let (code, stdout) = auth_status(dir.path(), &ms, &microsoft).await;
     assert_eq!(code, Some(1));
     let fix = fix_line(&stdout);

@@ -31,7 +31,7 @@ fn check_lists_every_bad_key_with_its_path_and_exits_1() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(
         dir.path(),
-        "[smtp]\nlisten = \"not-an-address\"\nmax_recipients = -3\n[microsoft]\nflow = \"magic\"\n[queue]\nmax_age = \"forever\"\n[typo]\nx = 1\n",
+        "[smtp]\nlisten = \"not-an-address\"\nmax_recipients = -3\n[microsoft]\nflow = \"magic\"\nproxy = \"proxy.corp:3128\"\n[queue]\nmax_age = \"forever\"\n[typo]\nx = 1\n",
     );
     let out = relay(&["--config", &config, "check"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
@@ -40,6 +40,7 @@ fn check_lists_every_bad_key_with_its_path_and_exits_1() {
         "smtp.listen: ",
         "smtp.max_recipients: ",
         "microsoft.flow: expected one of",
+        "microsoft.proxy: ",
         "queue.max_age: ",
         "typo: ",
     ] {

@@ -201,37 +201,84 @@ async fn tunnel(mut client: TcpStream, seen: Arc<Mutex<Vec<Tunnel>>>) {
     }
 }
 
-/// A relay.toml whose identity platform and Graph are `https://{host}:{port}` (the TLS front).
-/// The scope stays the fake's own, since the fake checks it against its plain address.
-fn write_config(dir: &Path, ms: &FakeMicrosoft, host: &str, port: u16, extra: &str) -> PathBuf {
-    let toml = format!(
-        "[smtp]\nlisten = \"127.0.0.1:0\"\nhostname = \"relay.test\"\n\
-         [microsoft]\nauthority = \"https://{host}:{port}\"\ngraph_url = \"https://{host}:{port}/v1.0\"\n\
-         scope = \"{}\"\ntenant = \"{}\"\nclient_id = \"{}\"\nclient_secret = \"{}\"\nsender = \"{DEFAULT_SENDER}\"\n{extra}\
-         [queue]\ndir = \"{}\"\nretry_min = \"1s\"\nretry_max = \"2s\"\n\
-         [status]\nlisten = \"127.0.0.1:0\"\n",
-        ms.scope(),
-        ms.tenant(),
-        ms.client_id(),
-        ms.client_secret(),
-        dir.join("spool").display(),
-    );
-    let path = dir.join("relay.toml");
-    std::fs::write(&path, toml).expect("write relay.toml");
-    path
+/// The fake behind a TLS front for `host` (certificate from a fresh CA), and a relay.toml whose
+/// identity platform and Graph are `https://{host}:{front port}`. The scope stays the fake's
+/// own, since the fake checks it against its plain address.
+struct Scene {
+    ms: FakeMicrosoft,
+    ca: TestCa,
+    front: SocketAddr,
+    dir: tempfile::TempDir,
+    config: PathBuf,
 }
 
-/// Starts the binary with exactly `set` among [`NETWORK_ENV`]; its log goes to `dir/relay.log`.
-async fn start(dir: &Path, config: &Path, set: &[(&str, &str)]) -> RelayProcess {
-    let env: Vec<(&str, Option<&str>)> = NETWORK_ENV
-        .iter()
-        .map(|name| {
-            let value = set.iter().find(|(n, _)| n == name).map(|(_, v)| *v);
-            (*name, value)
-        })
-        .collect();
-    let log = std::fs::File::create(dir.join("relay.log")).expect("create log");
-    RelayProcess::start_with_env(config, &[], "graph_relay=info", Stdio::from(log), &env).await
+impl Scene {
+    async fn new(host: &str, microsoft_extra: &str) -> Scene {
+        let ms = FakeMicrosoft::start().await;
+        let ca = TestCa::new(&[host]);
+        let front = tls_front(&ca, ms.addr()).await;
+        let dir = tempfile::tempdir().unwrap();
+        let toml = format!(
+            "[smtp]\nlisten = \"127.0.0.1:0\"\nhostname = \"relay.test\"\n\
+             [microsoft]\nauthority = \"https://{host}:{port}\"\ngraph_url = \"https://{host}:{port}/v1.0\"\n\
+             scope = \"{}\"\ntenant = \"{}\"\nclient_id = \"{}\"\nclient_secret = \"{}\"\nsender = \"{DEFAULT_SENDER}\"\n{microsoft_extra}\
+             [queue]\ndir = \"{}\"\nretry_min = \"1s\"\nretry_max = \"2s\"\n\
+             [status]\nlisten = \"127.0.0.1:0\"\n",
+            ms.scope(),
+            ms.tenant(),
+            ms.client_id(),
+            ms.client_secret(),
+            dir.path().join("spool").display(),
+            port = front.port(),
+        );
+        let config = dir.path().join("relay.toml");
+        std::fs::write(&config, toml).expect("write relay.toml");
+        Scene {
+            ms,
+            ca,
+            front,
+            dir,
+            config,
+        }
+    }
+
+    /// Starts the binary with exactly `set` among [`NETWORK_ENV`]; its log goes to
+    /// `relay.log` in the scene's directory.
+    async fn start(&self, set: &[(&str, &str)]) -> RelayProcess {
+        let env: Vec<(&str, Option<&str>)> = NETWORK_ENV
+            .iter()
+            .map(|name| {
+                let value = set.iter().find(|(n, _)| n == name).map(|(_, v)| *v);
+                (*name, value)
+            })
+            .collect();
+        let log = std::fs::File::create(self.log_path()).expect("create log");
+        RelayProcess::start_with_env(
+            &self.config,
+            &[],
+            "graph_relay=info",
+            Stdio::from(log),
+            &env,
+        )
+        .await
+    }
+
+    /// [`Scene::start`] with the test CA trusted through `SSL_CERT_FILE`, then one message
+    /// sent and delivered.
+    async fn deliver_one_trusting_the_ca(&self, set: &[(&str, &str)]) {
+        let ca_file = self.ca.write_ca(self.dir.path());
+        let mut set = set.to_vec();
+        set.push(("SSL_CERT_FILE", ca_file.to_str().unwrap()));
+        let relay = self.start(&set).await;
+        send_one(&relay).await;
+        let sent = self.ms.wait_for_sent(1, DELIVERY).await;
+        assert_eq!(sent[0].subject().as_deref(), Some("through the proxy"));
+        assert!(relay.terminate().await.success());
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("relay.log")
+    }
 }
 
 async fn send_one(relay: &RelayProcess) {
@@ -257,37 +304,19 @@ fn queue_list(config: &Path) -> String {
 
 #[tokio::test]
 async fn ssl_cert_file_makes_a_private_ca_trusted() {
-    let ms = FakeMicrosoft::start().await;
-    let ca = TestCa::new(&["127.0.0.1"]);
-    let front = tls_front(&ca, ms.addr()).await;
-    let dir = tempfile::tempdir().unwrap();
-    let ca_file = ca.write_ca(dir.path());
-    let config = write_config(dir.path(), &ms, "127.0.0.1", front.port(), "");
-    let relay = start(
-        dir.path(),
-        &config,
-        &[("SSL_CERT_FILE", ca_file.to_str().unwrap())],
-    )
-    .await;
-    send_one(&relay).await;
-    let sent = ms.wait_for_sent(1, DELIVERY).await;
-    assert_eq!(sent[0].subject().as_deref(), Some("through the proxy"));
-    assert!(relay.terminate().await.success());
+    let scene = Scene::new("127.0.0.1", "").await;
+    scene.deliver_one_trusting_the_ca(&[]).await;
 }
 
 #[tokio::test]
 async fn an_untrusted_certificate_holds_mail_and_queue_list_says_why() {
-    let ms = FakeMicrosoft::start().await;
-    let ca = TestCa::new(&["127.0.0.1"]);
-    let front = tls_front(&ca, ms.addr()).await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path(), &ms, "127.0.0.1", front.port(), "");
+    let scene = Scene::new("127.0.0.1", "").await;
     // The system store: it has never heard of this CA.
-    let relay = start(dir.path(), &config, &[]).await;
+    let relay = scene.start(&[]).await;
     send_one(&relay).await;
     let deadline = tokio::time::Instant::now() + DELIVERY;
     let listed = loop {
-        let listed = queue_list(&config);
+        let listed = queue_list(&scene.config);
         if listed.contains("attempts=1") || tokio::time::Instant::now() >= deadline {
             break listed;
         }
@@ -298,36 +327,33 @@ async fn an_untrusted_certificate_holds_mail_and_queue_list_says_why() {
         listed.contains("invalid peer certificate: UnknownIssuer"),
         "queue list does not name the certificate problem:\n{listed}"
     );
-    assert_eq!(ms.token_requests(), 0, "TLS must fail before any request");
-    assert!(ms.sent().is_empty());
+    assert_eq!(
+        scene.ms.token_requests(),
+        0,
+        "TLS must fail before any request"
+    );
+    assert!(scene.ms.sent().is_empty());
     assert!(relay.terminate().await.success());
 
-    // Held, not lost: once the CA is trusted the same message goes out.
-    let ca_file = ca.write_ca(dir.path());
-    let relay = start(
-        dir.path(),
-        &config,
-        &[("SSL_CERT_FILE", ca_file.to_str().unwrap())],
-    )
-    .await;
-    ms.wait_for_sent(1, DELIVERY).await;
+    // Held, not lost: once the CA is trusted the same message goes out (and only it).
+    let ca_file = scene.ca.write_ca(scene.dir.path());
+    let relay = scene
+        .start(&[("SSL_CERT_FILE", ca_file.to_str().unwrap())])
+        .await;
+    scene.ms.wait_for_sent(1, DELIVERY).await;
     assert!(relay.terminate().await.success());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auth_status_blames_the_certificate_and_says_how_to_trust_the_ca() {
-    let ms = FakeMicrosoft::start().await;
-    let ca = TestCa::new(&["127.0.0.1"]);
-    let front = tls_front(&ca, ms.addr()).await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path(), &ms, "127.0.0.1", front.port(), "");
+    let scene = Scene::new("127.0.0.1", "").await;
     let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_graph-relay"));
     for name in NETWORK_ENV {
         command.env_remove(name);
     }
     let out = command
         .arg("--config")
-        .arg(&config)
+        .arg(&scene.config)
         .args(["auth", "status"])
         .output()
         .await
@@ -348,78 +374,39 @@ async fn auth_status_blames_the_certificate_and_says_how_to_trust_the_ca() {
 
 #[tokio::test]
 async fn https_proxy_from_the_environment_carries_every_request() {
-    let ms = FakeMicrosoft::start().await;
-    let ca = TestCa::new(&[PROXIED_HOST]);
-    let front = tls_front(&ca, ms.addr()).await;
+    let scene = Scene::new(PROXIED_HOST, "").await;
     let proxy = ConnectProxy::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let ca_file = ca.write_ca(dir.path());
-    let config = write_config(dir.path(), &ms, PROXIED_HOST, front.port(), "");
-    let relay = start(
-        dir.path(),
-        &config,
-        &[
-            ("SSL_CERT_FILE", ca_file.to_str().unwrap()),
-            ("HTTPS_PROXY", &proxy.url()),
-        ],
-    )
-    .await;
-    send_one(&relay).await;
-    ms.wait_for_sent(1, DELIVERY).await;
+    scene
+        .deliver_one_trusting_the_ca(&[("HTTPS_PROXY", &proxy.url())])
+        .await;
     let tunnels = proxy.tunnels();
-    let expected = format!("{PROXIED_HOST}:{}", front.port());
+    let expected = format!("{PROXIED_HOST}:{}", scene.front.port());
     assert!(!tunnels.is_empty());
     assert!(tunnels.iter().all(|t| t.target == expected), "{tunnels:?}");
-    assert!(relay.terminate().await.success());
 }
 
 #[tokio::test]
 async fn no_proxy_naming_the_host_goes_direct() {
-    let ms = FakeMicrosoft::start().await;
-    let ca = TestCa::new(&["localhost"]);
-    let front = tls_front(&ca, ms.addr()).await;
+    let scene = Scene::new("localhost", "").await;
     let proxy = ConnectProxy::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let ca_file = ca.write_ca(dir.path());
-    let config = write_config(dir.path(), &ms, "localhost", front.port(), "");
-    let relay = start(
-        dir.path(),
-        &config,
-        &[
-            ("SSL_CERT_FILE", ca_file.to_str().unwrap()),
+    scene
+        .deliver_one_trusting_the_ca(&[
             ("HTTPS_PROXY", &proxy.url()),
             ("NO_PROXY", "example.org, localhost"),
-        ],
-    )
-    .await;
-    send_one(&relay).await;
-    ms.wait_for_sent(1, DELIVERY).await;
+        ])
+        .await;
     assert!(proxy.tunnels().is_empty(), "{:?}", proxy.tunnels());
-    assert!(relay.terminate().await.success());
 }
 
 #[tokio::test]
 async fn microsoft_proxy_wins_over_the_environment_and_its_password_stays_out_of_the_log() {
-    let ms = FakeMicrosoft::start().await;
-    let ca = TestCa::new(&[PROXIED_HOST]);
-    let front = tls_front(&ca, ms.addr()).await;
     let configured = ConnectProxy::start().await;
     let from_env = ConnectProxy::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let ca_file = ca.write_ca(dir.path());
     let extra = format!("proxy = \"http://alice:s3cret-pw@{}\"\n", configured.addr);
-    let config = write_config(dir.path(), &ms, PROXIED_HOST, front.port(), &extra);
-    let relay = start(
-        dir.path(),
-        &config,
-        &[
-            ("SSL_CERT_FILE", ca_file.to_str().unwrap()),
-            ("HTTPS_PROXY", &from_env.url()),
-        ],
-    )
-    .await;
-    send_one(&relay).await;
-    ms.wait_for_sent(1, DELIVERY).await;
+    let scene = Scene::new(PROXIED_HOST, &extra).await;
+    scene
+        .deliver_one_trusting_the_ca(&[("HTTPS_PROXY", &from_env.url())])
+        .await;
     assert!(from_env.tunnels().is_empty(), "{:?}", from_env.tunnels());
     let tunnels = configured.tunnels();
     let basic = format!(
@@ -433,8 +420,7 @@ async fn microsoft_proxy_wins_over_the_environment_and_its_password_stays_out_of
             .all(|t| t.authorization.as_deref() == Some(basic.as_str())),
         "{tunnels:?}"
     );
-    assert!(relay.terminate().await.success());
-    let log = std::fs::read_to_string(dir.path().join("relay.log")).expect("read log");
+    let log = std::fs::read_to_string(scene.log_path()).expect("read log");
     assert!(
         log.contains(&format!("http://{}", configured.addr)),
         "the log does not say which proxy is used:\n{log}"
