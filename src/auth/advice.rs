@@ -159,12 +159,12 @@ fn not_reached(config: &Config, message: &str) -> String {
     }
     if lower.contains("dns") || lower.contains("connect") || lower.contains("timed out") {
         return format!(
-            "check that this host can reach {hosts} over HTTPS (port 443); if outbound traffic \
+            "check that this host can reach {hosts} over HTTPS; if outbound traffic \
              must go through a proxy, set microsoft.proxy or HTTPS_PROXY. Mail is kept and retried"
         );
     }
-    "nothing to fix here if it passes: Microsoft's token endpoint is unavailable and the relay \
-     retries by itself; mail is kept meanwhile"
+    "probably none: Microsoft's token endpoint is unavailable or throttling right now; the relay \
+     retries by itself and keeps the mail meanwhile"
         .into()
 }
 
