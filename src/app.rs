@@ -59,8 +59,8 @@ pub enum AppError {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("cannot build the HTTP client: {0}")]
-    Http(String),
+    #[error(transparent)]
+    Http(#[from] crate::outbound::OutboundError),
     #[error("cannot set up SMTP TLS: {0}")]
     Tls(String),
 }
@@ -137,11 +137,7 @@ pub async fn start(config: Config, opts: StartOptions) -> Result<Running, AppErr
     if let Some(hook) = opts.spool_write_hook.clone() {
         spool = spool.with_write_hook(hook);
     }
-    let http = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .connect_timeout(Duration::from_secs(15))
-        .build()
-        .map_err(|e| AppError::Http(e.to_string()))?;
+    let http = crate::outbound::client(&config)?;
     let tokens = Arc::new(Tokens::new(&config, http.clone(), opts.clock.clone()));
     let counters = Arc::new(Counters::default());
     let graph_stats = Arc::new(GraphStats::default());
@@ -219,7 +215,6 @@ pub async fn start(config: Config, opts: StartOptions) -> Result<Running, AppErr
                 counters: counters.clone(),
                 graph_stats,
                 device: crate::auth::device_login(&config, http.clone()),
-                action: reauth_action(&config),
                 waker: waker.clone(),
                 login: Default::default(),
             });
@@ -245,8 +240,7 @@ pub async fn start(config: Config, opts: StartOptions) -> Result<Running, AppErr
         notifier,
         spool.clone(),
         waker.clone(),
-        config.hostname(),
-        reauth_action(&config),
+        config.clone(),
         shutdown.clone(),
     ));
     if !opts.dry_run {
@@ -300,17 +294,6 @@ async fn keep_signed_in(
     }
 }
 
-/// What a person must do to get out of `reauth_required`, for notices and the status page.
-pub fn reauth_action(config: &Config) -> String {
-    match config.microsoft.flow {
-        Flow::Delegated => "run `graph-relay auth login` on the relay host, or press Re-authorize on the status page".into(),
-        Flow::ClientCredentials => "check the app registration (client secret or certificate not expired, Mail.Send \
-            granted with admin consent), update the credential (e.g. the client_secret_file), then run \
-            `graph-relay auth login` or send SIGHUP"
-            .into(),
-    }
-}
-
 /// Sends a notice on every token state change that deserves one, and wakes delivery so held
 /// mail drains as soon as the state is valid again.
 async fn watch_token_state(
@@ -318,10 +301,10 @@ async fn watch_token_state(
     notifier: Notifier,
     spool: Spool,
     waker: Arc<Notify>,
-    host: String,
-    action: String,
+    config: Arc<Config>,
     shutdown: CancellationToken,
 ) {
+    let host = config.hostname();
     let mut changes = tokens.subscribe();
     let mut before = changes.borrow_and_update().state;
     loop {
@@ -338,6 +321,8 @@ async fn watch_token_state(
                 .ok()
                 .and_then(Result::ok)
                 .unwrap_or(0);
+        // The advice follows the reason: an expired secret and a revoked consent differ.
+        let action = crate::auth::advice::for_status(&config, &after).unwrap_or_default();
         if let Some(notice) =
             Notice::for_change(before, &after, &action, pending, &host, SystemTime::now())
         {

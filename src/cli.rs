@@ -102,4 +102,16 @@ pub struct SendTestArgs {
     /// SMTP server (default: the first smtp.listen address).
     #[arg(long)]
     pub server: Option<String>,
+    /// Log in with AUTH PLAIN as this smtp.users user (for a relay with require_auth). The
+    /// password is read from stdin: its first line, after a prompt on a terminal.
+    #[arg(long, value_name = "USER")]
+    pub user: Option<String>,
+    /// Read the password from stdin without a prompt: everything up to end of input, minus one
+    /// trailing newline (`printf %s "$PW" | graph-relay send-test --user wp --password-stdin ...`).
+    #[arg(long, requires = "user")]
+    pub password_stdin: bool,
+    /// Stay in plain text even when the relay offers STARTTLS (by default send-test upgrades, as
+    /// PHPMailer does, trusting the system CAs and the relay's own smtp.tls_cert).
+    #[arg(long)]
+    pub no_starttls: bool,
 }

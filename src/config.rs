@@ -197,6 +197,10 @@ pub struct MicrosoftConfig {
     #[serde(deserialize_with = "lenient_bool")]
     pub save_to_sent_items: bool,
     pub token_cache: String,
+    /// Proxy for every outbound HTTPS request; wins over `HTTPS_PROXY`. A `Secret`: its URL may
+    /// carry the proxy's user and password.
+    #[serde(default)]
+    pub proxy: Option<Secret>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -250,6 +254,22 @@ impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Secret(***)")
     }
+}
+
+/// An `http://` or `https://` proxy URL with a host. The message never repeats the URL: it may
+/// hold the proxy password.
+fn check_proxy_url(proxy: &str) -> Result<(), String> {
+    let url = reqwest::Url::parse(proxy).map_err(|e| format!("not a URL ({e})"))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(format!(
+            "scheme {:?} is not supported: use http://host:port (or https://)",
+            url.scheme()
+        ));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err("the URL has no host".into());
+    }
+    Ok(())
 }
 
 /// One bad key: its full dotted path and what is wrong with it.
@@ -439,6 +459,11 @@ impl Config {
                 bad(key, format!("not a URL ({e})"));
             }
         }
+        if let Some(proxy) = self.proxy()
+            && let Err(why) = check_proxy_url(proxy)
+        {
+            bad("microsoft.proxy", why);
+        }
         let secrets = [
             ms.client_secret.is_some(),
             ms.client_secret_file.is_some(),
@@ -500,6 +525,12 @@ impl Config {
             bad("notify.webhook_url", format!("{url:?} is not a URL"));
         }
         errors
+    }
+
+    /// `microsoft.proxy`, unless unset or empty (an empty environment override unsets it).
+    pub fn proxy(&self) -> Option<&str> {
+        let proxy = self.microsoft.proxy.as_ref()?.expose().trim();
+        (!proxy.is_empty()).then_some(proxy)
     }
 
     /// Token endpoint: `{authority}/{tenant}/oauth2/v2.0/token`.
@@ -1010,6 +1041,35 @@ retry_min = "soon"
         let c = load(Some(file), &[]).unwrap();
         assert_eq!(c.status.listen, None);
         assert_eq!(c.scope(), "http://127.0.0.1:9/.default");
+    }
+
+    #[test]
+    fn proxy_must_be_an_http_url_and_errors_never_show_it() {
+        let ok = load(
+            Some("[microsoft]\nproxy = \"http://u:pw@proxy.corp:3128\"\n"),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(ok.proxy(), Some("http://u:pw@proxy.corp:3128"));
+        assert!(
+            !format!("{ok:?}").contains("pw@"),
+            "Debug shows the proxy password"
+        );
+        let unset = load(None, &[("GRAPH_RELAY__MICROSOFT__PROXY", "")]).unwrap();
+        assert_eq!(unset.proxy(), None);
+        for bad in [
+            "proxy.corp:3128",
+            "socks5://u:pw@proxy.corp:1080",
+            "http://",
+        ] {
+            let errors = match load(Some(&format!("[microsoft]\nproxy = \"{bad}\"\n")), &[]) {
+                Err(ConfigError::Invalid(errors)) => errors,
+                other => panic!("{bad}: {other:?}"),
+            };
+            assert_eq!(errors.len(), 1, "{errors:?}");
+            assert_eq!(errors[0].path, "microsoft.proxy");
+            assert!(!errors[0].message.contains("pw"), "{errors:?}");
+        }
     }
 
     /// A valid argon2id hash (of "s3cret", cheap parameters) for the `smtp.users` tests.

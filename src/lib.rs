@@ -8,6 +8,7 @@ pub mod spool;
 pub mod convert;
 pub mod auth;
 pub mod deliver;
+pub mod outbound;
 pub mod notify;
 pub mod status;
 pub mod app;

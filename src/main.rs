@@ -180,17 +180,14 @@ impl Signals {
     }
 }
 
-fn http_client() -> Result<reqwest::Client> {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .context("building the HTTP client")
+fn http_client(config: &Config) -> Result<reqwest::Client> {
+    Ok(graph_relay::outbound::client(config)?)
 }
 
 /// `auth login`: the device code flow (delegated), or proof that the app credentials work.
 /// Either way the token cache changes, which a running `serve` notices within seconds.
 async fn login(config: Config) -> Result<ExitCode> {
-    let http = http_client()?;
+    let http = http_client(&config)?;
     if let Some(device) = auth::device_login(&config, http.clone()) {
         let code = device.start().await?;
         println!(
@@ -237,7 +234,7 @@ async fn login(config: Config) -> Result<ExitCode> {
 
 /// `auth status`: state and expiry; exit 0 when a token can be had.
 async fn auth_status(config: Config) -> Result<ExitCode> {
-    let tokens = auth::from_config(&config, http_client()?, Arc::new(SystemClock));
+    let tokens = auth::from_config(&config, http_client(&config)?, Arc::new(SystemClock));
     let outcome = tokens.token().await;
     let status = tokens.status();
     println!(
@@ -256,9 +253,7 @@ async fn auth_status(config: Config) -> Result<ExitCode> {
         Ok(_) => Ok(ExitCode::SUCCESS),
         Err(e) => {
             println!("reason: {e}");
-            if e.needs_person() {
-                println!("fix: {}", app::reauth_action(&config));
-            }
+            println!("fix: {}", auth::advice::for_error(&config, &e));
             Ok(ExitCode::FAILURE)
         }
     }
@@ -270,7 +265,11 @@ fn queue(config: Config, command: QueueCommand) -> Result<ExitCode> {
     let now = SystemTime::now();
     match command {
         QueueCommand::List => {
-            for record in spool.list_all()? {
+            let records = spool.list_all()?;
+            if records.is_empty() {
+                println!("queue is empty");
+            }
+            for record in records {
                 println!("{}", list_line(&record));
             }
             Ok(ExitCode::SUCCESS)
@@ -318,13 +317,13 @@ fn known(result: Result<(), SpoolError>) -> Result<ExitCode> {
     }
 }
 
-/// `passwd`: reads a password from stdin and prints its argon2id PHC string (stdout, alone on
-/// its line, so scripts can capture it); the relay.toml line to paste goes to stderr.
-fn passwd(args: &PasswdArgs) -> Result<ExitCode> {
+/// A password from stdin: with `from_stdin`, everything up to end of input; else the first line,
+/// after a prompt when stdin is a terminal. One trailing newline is dropped; `None` when empty.
+fn read_password(from_stdin: bool) -> Result<Option<String>> {
     use std::io::{BufRead as _, Read as _};
     let stdin = std::io::stdin();
     let mut password = String::new();
-    if args.password_stdin {
+    if from_stdin {
         stdin
             .lock()
             .read_to_string(&mut password)
@@ -343,10 +342,16 @@ fn passwd(args: &PasswdArgs) -> Result<ExitCode> {
         .strip_suffix('\n')
         .map(|p| p.strip_suffix('\r').unwrap_or(p))
         .unwrap_or(&password);
-    if password.is_empty() {
+    Ok((!password.is_empty()).then(|| password.to_string()))
+}
+
+/// `passwd`: reads a password from stdin and prints its argon2id PHC string (stdout, alone on
+/// its line, so scripts can capture it); the relay.toml line to paste goes to stderr.
+fn passwd(args: &PasswdArgs) -> Result<ExitCode> {
+    let Some(password) = read_password(args.password_stdin)? else {
         eprintln!("error: empty password; nothing hashed");
         return Ok(ExitCode::FAILURE);
-    }
+    };
     let hash = graph_relay::smtp::hash_password(password.as_bytes())?;
     println!("{hash}");
     eprintln!("paste into relay.toml under [smtp.users]:  NAME = {{ password_hash = \"{hash}\" }}");
@@ -367,7 +372,29 @@ async fn send(config: Config, args: SendTestArgs) -> Result<ExitCode> {
         .from
         .or_else(|| config.microsoft.sender.clone())
         .unwrap_or_else(|| "relay-test@localhost".to_string());
-    let reply = send_test::send(&server, &config.hostname(), &from, &args.to).await?;
+    let password = match &args.user {
+        Some(_) => match read_password(args.password_stdin)? {
+            Some(password) => Some(password),
+            None => bail!("empty password: nothing to log in with"),
+        },
+        None => None,
+    };
+    // The relay's own certificate, so a self-signed one passes STARTTLS; unreadable → CAs only.
+    let relay_certificate = config.smtp.tls_cert.as_ref().and_then(|path| {
+        use rustls::pki_types::{CertificateDer, pem::PemObject as _};
+        CertificateDer::pem_file_iter(path).ok()?.next()?.ok()
+    });
+    let hostname = config.hostname();
+    let reply = send_test::send(&send_test::SendTest {
+        server: &server,
+        helo: &hostname,
+        from: &from,
+        to: &args.to,
+        login: args.user.as_deref().zip(password.as_deref()),
+        starttls: !args.no_starttls,
+        relay_certificate,
+    })
+    .await?;
     println!("{reply}");
     Ok(if reply.starts_with("250") {
         ExitCode::SUCCESS

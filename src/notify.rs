@@ -11,6 +11,7 @@ use tokio::io::AsyncWriteExt;
 use tracing::{error, info, warn};
 
 use crate::auth::{TokenState, TokenStatus};
+use crate::outbound::describe;
 
 /// How long a webhook or command may take before it is abandoned (and the command killed).
 pub const NOTIFY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -121,7 +122,7 @@ impl Notifier {
             }
             Ok(response) => warn!(status = %response.status(), "webhook refused the notice"),
             // Without the URL: chat webhook URLs are secrets.
-            Err(e) => warn!(error = %e.without_url(), "webhook notice failed"),
+            Err(e) => warn!(error = %describe(&e.without_url()), "webhook notice failed"),
         }
     }
 

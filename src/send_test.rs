@@ -1,9 +1,17 @@
 //! `graph-relay send-test`: a minimal SMTP client that sends one test message to the running
-//! relay, like WP Mail SMTP's "Email Test". Returns the server's final reply; never retries.
+//! relay, like WP Mail SMTP's "Email Test". Upgrades to STARTTLS when offered (as PHPMailer's
+//! Auto TLS does) and logs in with AUTH PLAIN when asked to, so a relay with `require_auth` can
+//! be tested. Returns the server's final reply; never retries, never prints the password.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use base64::Engine as _;
+use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
 #[derive(Debug, thiserror::Error)]
@@ -19,38 +27,97 @@ pub enum SendTestError {
     Refused { stage: &'static str, reply: String },
     #[error("the relay did not answer within {0:?}")]
     Timeout(Duration),
+    #[error(
+        "STARTTLS failed: {0} (send-test trusts the system CAs and the relay's own smtp.tls_cert; \
+         --no-starttls skips TLS)"
+    )]
+    Tls(String),
+    #[error(
+        "the relay offers no AUTH PLAIN on this connection ({0}): it offers AUTH once smtp.users \
+         has a user, and to other hosts only after STARTTLS"
+    )]
+    NoAuth(String),
 }
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 
+/// What to send and how.
+pub struct SendTest<'a> {
+    /// `host:port` of the relay.
+    pub server: &'a str,
+    pub helo: &'a str,
+    pub from: &'a str,
+    pub to: &'a str,
+    /// SMTP AUTH user and password.
+    pub login: Option<(&'a str, &'a str)>,
+    /// Upgrade to TLS when the relay offers STARTTLS.
+    pub starttls: bool,
+    /// The relay's own certificate (`smtp.tls_cert`), trusted as is: a self-signed one is fine.
+    pub relay_certificate: Option<CertificateDer<'static>>,
+}
+
 /// Sends the test message; returns the reply to the end of DATA (`250 ...` when queued).
-pub async fn send(server: &str, helo: &str, from: &str, to: &str) -> Result<String, SendTestError> {
-    tokio::time::timeout(TIMEOUT, exchange(server, helo, from, to))
+pub async fn send(test: &SendTest<'_>) -> Result<String, SendTestError> {
+    tokio::time::timeout(TIMEOUT, exchange(test))
         .await
         .map_err(|_| SendTestError::Timeout(TIMEOUT))?
 }
 
-async fn exchange(server: &str, helo: &str, from: &str, to: &str) -> Result<String, SendTestError> {
-    let stream = TcpStream::connect(server)
+async fn exchange(test: &SendTest<'_>) -> Result<String, SendTestError> {
+    let stream =
+        TcpStream::connect(test.server)
+            .await
+            .map_err(|source| SendTestError::Connect {
+                server: test.server.to_string(),
+                source,
+            })?;
+    let mut plain = Smtp(BufReader::new(stream));
+    plain.reply("greeting", '2').await?;
+    let ehlo = plain.ehlo(test.helo).await?;
+    if !(test.starttls && offers(&ehlo, "STARTTLS")) {
+        return transaction(&mut plain, &ehlo, test).await;
+    }
+    plain.command("STARTTLS\r\n", "STARTTLS", '2').await?;
+    // Whatever the server sent after its 220 is dropped with the buffer (STARTTLS injection).
+    let stream = plain.0.into_inner();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(client_config(test)?))
+        .connect(server_name(test.server)?, stream)
         .await
-        .map_err(|source| SendTestError::Connect {
-            server: server.to_string(),
-            source,
-        })?;
-    let (read, mut write) = stream.into_split();
-    let mut read = BufReader::new(read);
-    expect(&mut read, "greeting", '2').await?;
-    let mut step = async |line: String, stage: &'static str, class: char| {
-        write.write_all(line.as_bytes()).await?;
-        expect(&mut read, stage, class).await
-    };
-    step(format!("EHLO {helo}\r\n"), "EHLO", '2').await?;
-    step(format!("MAIL FROM:<{from}>\r\n"), "MAIL FROM", '2').await?;
-    step(format!("RCPT TO:<{to}>\r\n"), "RCPT TO", '2').await?;
-    step("DATA\r\n".to_string(), "DATA", '3').await?;
-    let reply = step(message(from, to), "end of DATA", '2').await?;
-    let _ = step("QUIT\r\n".to_string(), "QUIT", '2').await;
-    Ok(reply)
+        .map_err(|e| SendTestError::Tls(e.to_string()))?;
+    let mut secure = Smtp(BufReader::new(tls));
+    let ehlo = secure.ehlo(test.helo).await?;
+    transaction(&mut secure, &ehlo, test).await
+}
+
+/// AUTH (when asked), then one message, then QUIT.
+async fn transaction<S: AsyncRead + AsyncWrite + Unpin>(
+    smtp: &mut Smtp<S>,
+    ehlo: &[String],
+    test: &SendTest<'_>,
+) -> Result<String, SendTestError> {
+    if let Some((user, password)) = test.login {
+        if !auth_mechanisms(ehlo).any(|m| m.eq_ignore_ascii_case("PLAIN")) {
+            let offered = auth_mechanisms(ehlo).collect::<Vec<_>>().join(" ");
+            return Err(SendTestError::NoAuth(if offered.is_empty() {
+                "no AUTH at all".into()
+            } else {
+                format!("AUTH {offered}")
+            }));
+        }
+        let credentials =
+            base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{password}"));
+        smtp.command(&format!("AUTH PLAIN {credentials}\r\n"), "AUTH", '2')
+            .await?;
+    }
+    let (from, to) = (test.from, test.to);
+    smtp.command(&format!("MAIL FROM:<{from}>\r\n"), "MAIL FROM", '2')
+        .await?;
+    smtp.command(&format!("RCPT TO:<{to}>\r\n"), "RCPT TO", '2')
+        .await?;
+    smtp.command("DATA\r\n", "DATA", '3').await?;
+    let reply = smtp.command(&message(from, to), "end of DATA", '2').await?;
+    let _ = smtp.command("QUIT\r\n", "QUIT", '2').await;
+    Ok(reply.join(" "))
 }
 
 fn message(from: &str, to: &str) -> String {
@@ -63,31 +130,223 @@ fn message(from: &str, to: &str) -> String {
     )
 }
 
-/// Reads one (possibly multi-line) reply and checks its class.
-async fn expect<R: tokio::io::AsyncBufRead + Unpin>(
-    read: &mut R,
-    stage: &'static str,
-    class: char,
-) -> Result<String, SendTestError> {
-    let mut reply = String::new();
-    loop {
-        let mut line = String::new();
-        if read.read_line(&mut line).await? == 0 {
-            return Err(SendTestError::Refused {
-                stage,
-                reply: "connection closed".into(),
-            });
-        }
-        let last = line.as_bytes().get(3) != Some(&b'-');
-        reply.push_str(line.trim_end());
-        if last {
-            break;
-        }
-        reply.push(' ');
+/// Whether an EHLO reply lists `keyword` (its lines after the first are `250-KEYWORD params`).
+fn offers(ehlo: &[String], keyword: &str) -> bool {
+    ehlo.iter().skip(1).any(|line| {
+        line.get(4..)
+            .and_then(|rest| rest.split_whitespace().next())
+            .is_some_and(|k| k.eq_ignore_ascii_case(keyword))
+    })
+}
+
+/// The mechanisms of the EHLO reply's AUTH line.
+fn auth_mechanisms(ehlo: &[String]) -> impl Iterator<Item = &str> {
+    ehlo.iter()
+        .skip(1)
+        .filter_map(|line| line.get(4..))
+        .filter(|rest| {
+            rest.split_whitespace()
+                .next()
+                .is_some_and(|k| k.eq_ignore_ascii_case("AUTH"))
+        })
+        .flat_map(|rest| rest.split_whitespace().skip(1))
+}
+
+/// One SMTP connection (plain or TLS), reading replies line by line.
+struct Smtp<S>(BufReader<S>);
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Smtp<S> {
+    async fn ehlo(&mut self, helo: &str) -> Result<Vec<String>, SendTestError> {
+        self.command(&format!("EHLO {helo}\r\n"), "EHLO", '2').await
     }
-    if reply.starts_with(class) {
-        Ok(reply)
-    } else {
-        Err(SendTestError::Refused { stage, reply })
+
+    async fn command(
+        &mut self,
+        line: &str,
+        stage: &'static str,
+        class: char,
+    ) -> Result<Vec<String>, SendTestError> {
+        self.0.get_mut().write_all(line.as_bytes()).await?;
+        self.reply(stage, class).await
+    }
+
+    /// Reads one (possibly multi-line) reply and checks its class.
+    async fn reply(
+        &mut self,
+        stage: &'static str,
+        class: char,
+    ) -> Result<Vec<String>, SendTestError> {
+        let mut lines = Vec::new();
+        loop {
+            let mut line = String::new();
+            if self.0.read_line(&mut line).await? == 0 {
+                return Err(SendTestError::Refused {
+                    stage,
+                    reply: "connection closed".into(),
+                });
+            }
+            let last = line.as_bytes().get(3) != Some(&b'-');
+            lines.push(line.trim_end().to_string());
+            if last {
+                break;
+            }
+        }
+        if lines[0].starts_with(class) {
+            Ok(lines)
+        } else {
+            Err(SendTestError::Refused {
+                stage,
+                reply: lines.join(" "),
+            })
+        }
+    }
+}
+
+/// The name the relay's certificate is checked against: the host part of `host:port`.
+fn server_name(server: &str) -> Result<ServerName<'static>, SendTestError> {
+    let host = server
+        .rsplit_once(':')
+        .map_or(server, |(host, _)| host)
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    ServerName::try_from(host.to_string())
+        .map_err(|e| SendTestError::Tls(format!("{host:?} is not a server name ({e})")))
+}
+
+fn client_config(test: &SendTest<'_>) -> Result<rustls::ClientConfig, SendTestError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add_parsable_certificates(crate::outbound::system_roots());
+    // With no system CAs at all, only the relay's own certificate can be trusted.
+    let system = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .build()
+        .ok();
+    let verifier = RelayVerifier {
+        relay_certificate: test.relay_certificate.clone(),
+        system,
+        provider: provider.clone(),
+    };
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| SendTestError::Tls(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_no_client_auth())
+}
+
+/// Trusts the relay's configured certificate byte for byte (self-signed ones included), and
+/// otherwise whatever the system CAs vouch for, with the usual name check.
+#[derive(Debug)]
+struct RelayVerifier {
+    relay_certificate: Option<CertificateDer<'static>>,
+    system: Option<Arc<WebPkiServerVerifier>>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl ServerCertVerifier for RelayVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        if self
+            .relay_certificate
+            .as_ref()
+            .is_some_and(|own| own.as_ref() == end_entity.as_ref())
+        {
+            return Ok(ServerCertVerified::assertion());
+        }
+        match &self.system {
+            Some(system) => system.verify_server_cert(
+                end_entity,
+                intermediates,
+                server_name,
+                ocsp_response,
+                now,
+            ),
+            None => Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::UnknownIssuer,
+            )),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ehlo(lines: &[&str]) -> Vec<String> {
+        lines.iter().map(|l| l.to_string()).collect()
+    }
+
+    #[test]
+    fn ehlo_keywords_and_auth_mechanisms() {
+        let reply = ehlo(&[
+            "250-relay.test",
+            "250-SIZE 36700160",
+            "250-STARTTLS",
+            "250 AUTH PLAIN LOGIN",
+        ]);
+        assert!(offers(&reply, "starttls"));
+        assert!(!offers(&reply, "CHUNKING"));
+        assert_eq!(
+            auth_mechanisms(&reply).collect::<Vec<_>>(),
+            ["PLAIN", "LOGIN"]
+        );
+        // The greeting line's text is not a keyword.
+        assert!(!offers(&ehlo(&["250 STARTTLS"]), "STARTTLS"));
+    }
+
+    #[test]
+    fn server_names_from_host_and_port() {
+        assert!(matches!(
+            server_name("127.0.0.1:2525"),
+            Ok(ServerName::IpAddress(_))
+        ));
+        assert!(matches!(
+            server_name("[::1]:2525"),
+            Ok(ServerName::IpAddress(_))
+        ));
+        assert!(matches!(
+            server_name("relay.example.com:587"),
+            Ok(ServerName::DnsName(_))
+        ));
     }
 }

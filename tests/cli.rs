@@ -31,7 +31,7 @@ fn check_lists_every_bad_key_with_its_path_and_exits_1() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(
         dir.path(),
-        "[smtp]\nlisten = \"not-an-address\"\nmax_recipients = -3\n[microsoft]\nflow = \"magic\"\n[queue]\nmax_age = \"forever\"\n[typo]\nx = 1\n",
+        "[smtp]\nlisten = \"not-an-address\"\nmax_recipients = -3\n[microsoft]\nflow = \"magic\"\nproxy = \"proxy.corp:3128\"\n[queue]\nmax_age = \"forever\"\n[typo]\nx = 1\n",
     );
     let out = relay(&["--config", &config, "check"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
@@ -40,6 +40,7 @@ fn check_lists_every_bad_key_with_its_path_and_exits_1() {
         "smtp.listen: ",
         "smtp.max_recipients: ",
         "microsoft.flow: expected one of",
+        "microsoft.proxy: ",
         "queue.max_age: ",
         "typo: ",
     ] {
@@ -303,6 +304,21 @@ fn queue_list_retry_and_delete() {
     );
     let listing = text(&relay(&["--config", &config, "queue", "list"]).stdout);
     assert_eq!(listing.lines().count(), 1, "{listing}");
+}
+
+#[test]
+fn queue_list_on_an_empty_queue_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        &format!(
+            "[queue]\ndir = \"{}\"\n",
+            dir.path().join("spool").display()
+        ),
+    );
+    let out = relay(&["--config", &config, "queue", "list"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(text(&out.stdout), "queue is empty\n");
 }
 
 #[test]

@@ -202,8 +202,9 @@ impl Case {
         }
     }
 
-    /// The dead-token half of every case: 5 × 250, nothing at Graph, state and notices.
-    async fn expect_held(&self, reason_part: &str) {
+    /// The dead-token half of every case: 5 × 250, nothing at Graph, state and notices; the
+    /// notice and the page advise the fix for this cause (`action_part`).
+    async fn expect_held(&self, reason_part: &str, action_part: &str) {
         self.send_five().await;
         let status = self.wait_state("reauth_required", 5).await;
         let reason = status["token"]["reason"].as_str().unwrap();
@@ -230,7 +231,9 @@ impl Case {
             "queue_pending when the state changed: {notice}"
         );
         assert!(
-            notice["action"].as_str().is_some_and(|a| !a.is_empty()),
+            notice["action"]
+                .as_str()
+                .is_some_and(|a| a.contains(action_part)),
             "{notice}"
         );
         let states =
@@ -251,6 +254,12 @@ impl Case {
             page.contains("needs attention") && page.contains(reason_part),
             "{page}"
         );
+        let advice = page
+            .split("<p id=\"action\">")
+            .nth(1)
+            .and_then(|rest| rest.split("</p>").next())
+            .unwrap_or_default();
+        assert!(advice.contains(action_part), "{page}");
     }
 
     /// The recovery half: within 10 s all 5 are delivered exactly once, and `recovered` is sent.
@@ -314,7 +323,14 @@ async fn expired_client_secret_holds_mail_until_the_secret_file_is_rotated() {
     let (secret_file, extra) = secret_file(&ms, secrets.path());
     ms.set_token_failure(Some(TokenFailure::SecretExpired));
     let case = Case::start(ms, &extra, |_, _| {}).await;
-    case.expect_held("AADSTS7000222").await;
+    case.expect_held(
+        "AADSTS7000222",
+        &format!(
+            "New client secret) and write its Value into {}",
+            secret_file.display()
+        ),
+    )
+    .await;
 
     // The admin creates a new secret in Entra and writes it to the file.
     case.ms.set_token_failure(None);
@@ -331,7 +347,8 @@ async fn revoked_consent_recovers_with_the_re_authorize_button() {
     let (_, extra) = secret_file(&ms, secrets.path());
     ms.set_token_failure(Some(TokenFailure::ConsentRevoked));
     let case = Case::start(ms, &extra, |_, _| {}).await;
-    case.expect_held("AADSTS65001").await;
+    case.expect_held("AADSTS65001", "grant admin consent for Mail.Send")
+        .await;
 
     // Admin consent is granted again; the button asks the token endpoint at once.
     case.ms.set_token_failure(None);
@@ -369,7 +386,8 @@ async fn graph_401_for_an_early_revoked_token_then_auth_login_beside_serve() {
         description: "AADSTS7000112: Application is disabled.".into(),
         suberror: None,
     }));
-    case.expect_held("AADSTS7000112").await;
+    case.expect_held("AADSTS7000112", "the app registration is disabled")
+        .await;
 
     // The admin re-enables the app and runs `graph-relay auth login` next to the running serve.
     case.ms.set_token_failure(None);
@@ -429,7 +447,11 @@ async fn revoked_refresh_token_recovers_with_device_code_login_from_the_status_p
     // 90 days idle: the access token expires and the refresh token is refused (AADSTS700082).
     case.ms.revoke_refresh_tokens();
     case.ms.expire_all_tokens();
-    case.expect_held("AADSTS700082").await;
+    case.expect_held(
+        "AADSTS700082",
+        "run `graph-relay auth login` on the relay host",
+    )
+    .await;
 
     // Re-authorize on the status page: the code and link appear; the user signs in.
     let recovered_at = Instant::now();
@@ -474,7 +496,11 @@ async fn a_new_secret_in_the_config_plus_sighup_recovers() {
     );
     ms.set_token_failure(Some(TokenFailure::SecretExpired));
     let case = Case::start(ms, &inline_secret, |_, _| {}).await;
-    case.expect_held("AADSTS7000222").await;
+    case.expect_held(
+        "AADSTS7000222",
+        "put its Value into microsoft.client_secret_file, then reload the running relay",
+    )
+    .await;
 
     // The admin puts a new secret into relay.toml and sends SIGHUP (what `reload` does).
     case.ms.set_token_failure(None);

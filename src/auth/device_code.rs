@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::entra::{EntraError, TokenResponse};
+use crate::outbound::describe;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeviceCode {
@@ -71,12 +72,12 @@ impl DeviceLogin {
             .form(&form)
             .send()
             .await
-            .map_err(|e| LoginError::Unreachable(e.to_string()))?;
+            .map_err(|e| LoginError::Unreachable(describe(&e)))?;
         let status = response.status();
         let body = response
             .bytes()
             .await
-            .map_err(|e| LoginError::Unreachable(e.to_string()))?;
+            .map_err(|e| LoginError::Unreachable(describe(&e)))?;
         if !status.is_success() {
             let error: EntraError = serde_json::from_slice(&body).unwrap_or_default();
             return Err(LoginError::Failed(if error.error.is_empty() {

@@ -6,6 +6,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::TokenError;
+use crate::outbound::describe;
 
 /// A successful token response.
 #[derive(Debug, Clone, Deserialize)]
@@ -69,16 +70,19 @@ pub async fn request_token(
     url: &str,
     form: &[(&str, &str)],
 ) -> Result<TokenResponse, TokenError> {
-    let response = http
-        .post(url)
-        .form(form)
-        .send()
-        .await
-        .map_err(|e| TokenError::transient(format!("token endpoint unreachable: {e}"), None))?;
+    let response = http.post(url).form(form).send().await.map_err(|e| {
+        TokenError::transient(
+            format!("token endpoint unreachable: {}", describe(&e)),
+            None,
+        )
+    })?;
     let status = response.status();
     let retry_after = retry_after(response.headers());
     let body = response.bytes().await.map_err(|e| {
-        TokenError::transient(format!("token endpoint response cut short: {e}"), None)
+        TokenError::transient(
+            format!("token endpoint response cut short: {}", describe(&e)),
+            None,
+        )
     })?;
     if status.is_success() {
         return serde_json::from_slice(&body)

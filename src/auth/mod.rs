@@ -8,6 +8,7 @@
 //! also fixes the error type to the standard fields (AADSTS `error_codes` gone), and it has no
 //! `private_key_jwt`. Each Entra flow is one form POST, so `entra.rs` does it on reqwest directly.
 
+pub mod advice;
 mod assertion;
 mod client_credentials;
 mod delegated;

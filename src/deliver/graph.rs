@@ -30,6 +30,7 @@ use super::steps::{JsonBody, MESSAGE_ID, Step, chunk_at, content_range, steps};
 use super::{Delivery, DeliveryError, Transport};
 use crate::auth::{AccessToken, TokenError, TokenSource, entra::retry_after};
 use crate::convert::LargeAttachment;
+use crate::outbound::describe;
 use crate::spool::{DraftNote, LastError};
 
 /// Per-request timeout: a stuck connection becomes a transient failure, not a stuck queue.
@@ -364,7 +365,7 @@ impl GraphTransport {
             Ok(response) => response,
             Err(e) => {
                 // Without the URL: it carries the session's own access token.
-                let message = e.without_url().to_string();
+                let message = describe(&e.without_url());
                 return Err(PutFailure::Retry {
                     error: LastError {
                         status: None,
@@ -459,7 +460,7 @@ impl GraphTransport {
         let started = Instant::now();
         let result = request.timeout(REQUEST_TIMEOUT).send().await;
         self.stats.observe(started.elapsed());
-        let response = result.map_err(|e| Failure::Network(e.without_url().to_string()))?;
+        let response = result.map_err(|e| Failure::Network(describe(&e.without_url())))?;
         let status = response.status().as_u16();
         // 200 where 202 was promised has been seen for oversized MIME: treat it as a failure.
         if status == expect {
@@ -580,7 +581,10 @@ fn unexpected(message: String) -> Failure {
 }
 
 fn unreadable(e: reqwest::Error) -> Failure {
-    Failure::Network(format!("unreadable Graph response: {}", e.without_url()))
+    Failure::Network(format!(
+        "unreadable Graph response: {}",
+        describe(&e.without_url())
+    ))
 }
 
 /// What went wrong with one request, before deciding what it means for the message.

@@ -23,7 +23,7 @@ use tracing::{info, warn};
 
 use super::Counters;
 use crate::auth::device_code::{DeviceCode, DeviceLogin};
-use crate::auth::{TokenSource, TokenState};
+use crate::auth::{TokenSource, TokenState, advice};
 use crate::config::{Config, is_host_name};
 use crate::deliver::{GraphStats, LATENCY_BUCKETS};
 use crate::spool::{QueueCounts, QueueId, Record, Spool, SpoolError, State as MailState};
@@ -37,8 +37,6 @@ pub struct StatusContext {
     pub graph_stats: Arc<GraphStats>,
     /// The device code login (delegated flow), when configured.
     pub device: Option<DeviceLogin>,
-    /// What to do to get out of `reauth_required`.
-    pub action: String,
     /// Wakes delivery after a retry.
     pub waker: Arc<Notify>,
     pub login: Mutex<LoginView>,
@@ -563,7 +561,7 @@ fn render_page(
             html,
             "<p id=\"reason\">Reason: {}</p><p id=\"action\">What to do: {}</p>",
             escape(&token.reason),
-            escape(&ctx.action)
+            escape(&advice::for_status(&ctx.config, &token).unwrap_or_default())
         );
     } else if let Some(expires) = token.expires_at {
         let _ = write!(

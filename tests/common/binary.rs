@@ -33,7 +33,25 @@ impl RelayProcess {
         level: &str,
         log: impl Into<Stdio>,
     ) -> RelayProcess {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_graph-relay"))
+        Self::start_with_env(config, extra, level, log, &[]).await
+    }
+
+    /// `start_logging`, with each variable in `env` set (`Some`) or removed (`None`).
+    pub async fn start_with_env(
+        config: &Path,
+        extra: &[&str],
+        level: &str,
+        log: impl Into<Stdio>,
+        env: &[(&str, Option<&str>)],
+    ) -> RelayProcess {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_graph-relay"));
+        for (name, value) in env {
+            match value {
+                Some(value) => command.env(name, value),
+                None => command.env_remove(name),
+            };
+        }
+        let mut child = command
             .arg("--config")
             .arg(config)
             .arg("serve")
