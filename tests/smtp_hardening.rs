@@ -212,6 +212,25 @@ async fn bdat_sizes_that_do_not_fit_get_552_and_the_connection_closes() {
     server.stop().await;
 }
 
+/// The same parser read `SIZE=999999999999999999999` as 9, so MAIL accepted it.
+#[tokio::test]
+async fn a_declared_size_beyond_64_bits_gets_552_at_mail() {
+    let server = start(settings()).await;
+    let mut c = server.client().await;
+    assert_eq!(
+        c.cmd("MAIL FROM:<a@x.test> SIZE=999999999999999999999")
+            .await,
+        TOO_BIG_552
+    );
+    // The session goes on.
+    assert_eq!(
+        c.cmd("MAIL FROM:<a@x.test> SIZE=1000").await,
+        "250 2.1.0 Sender OK"
+    );
+    assert!(c.cmd("QUIT").await.starts_with("221 "));
+    server.stop().await;
+}
+
 /// A BDAT whose size cannot be read says nothing about where its chunk ends either.
 #[tokio::test]
 async fn bdat_syntax_errors_get_501_and_the_connection_closes() {

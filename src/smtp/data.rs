@@ -1,6 +1,6 @@
 //! How message data is framed on the wire: the DATA receiver (where the dot-terminated text
-//! ends, and dot-unstuffing) and the BDAT command line (how many octets the chunk has). Pure
-//! functions over bytes; the session does the I/O.
+//! ends, and dot-unstuffing), the BDAT command line (how many octets the chunk has) and the
+//! sizes clients declare. Pure functions over bytes; the session does the I/O.
 //!
 //! # The DATA end rule (SMTP smuggling)
 //!
@@ -21,8 +21,9 @@
 //!
 //! # BDAT sizes
 //!
-//! smtp-proto's size parser restarts on overflow (`BDAT 999999999999999999999` is `BDAT 9`), so
-//! the session parses BDAT lines here, with a checked `u64`.
+//! smtp-proto's size parser restarts on overflow (`BDAT 999999999999999999999` is `BDAT 9`, and
+//! `MAIL ... SIZE=999999999999999999999` declares 9), so the session parses BDAT lines here, with
+//! a checked `u64`, and checks MAIL's `SIZE=` here before trusting smtp-proto's value.
 
 /// Where the receiver is relative to the end-of-data sequence `<CRLF>.<CRLF>`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -180,6 +181,17 @@ pub(crate) fn parse_bdat(line: &[u8]) -> Option<Bdat> {
         _ => None,
     };
     Some(parsed.unwrap_or(Bdat::Syntax))
+}
+
+/// Whether a MAIL line declares a `SIZE=` too large for 64 bits, which smtp-proto misreads as
+/// a small number.
+pub(crate) fn declares_oversized_size(line: &[u8]) -> bool {
+    line.split(u8::is_ascii_whitespace).any(|word| {
+        word.get(..5)
+            .is_some_and(|key| key.eq_ignore_ascii_case(b"SIZE="))
+            && is_digits(&word[5..])
+            && checked_size(&word[5..]).is_none()
+    })
 }
 
 fn is_digits(word: &[u8]) -> bool {
@@ -345,6 +357,23 @@ mod tests {
                 "{:?}",
                 String::from_utf8_lossy(line)
             );
+        }
+    }
+
+    #[test]
+    fn mail_sizes_beyond_64_bits_are_noticed() {
+        for (line, over) in [
+            (&b"MAIL FROM:<a@b> SIZE=999999999999999999999\r\n"[..], true),
+            (
+                b"MAIL FROM:<a@b> size=18446744073709551616 BODY=8BITMIME\r\n",
+                true,
+            ),
+            (b"MAIL FROM:<a@b> SIZE=18446744073709551615\r\n", false),
+            (b"MAIL FROM:<a@b> SIZE=1000\r\n", false),
+            (b"MAIL FROM:<a@b> SIZE=\r\n", false),
+            (b"MAIL FROM:<a@b>\r\n", false),
+        ] {
+            assert_eq!(declares_oversized_size(line), over, "{line:?}");
         }
     }
 }

@@ -364,7 +364,7 @@ impl Session<'_, '_> {
         match request {
             Request::Ehlo { host } => self.ehlo(conn, host, true),
             Request::Helo { host } => self.ehlo(conn, host, false),
-            Request::Mail { from } => self.mail(conn, from).await,
+            Request::Mail { from } => self.mail(conn, from, line).await,
             Request::Rcpt { to } => self.rcpt(conn, to),
             Request::Data => self.data(conn).await,
             Request::Rset => {
@@ -453,7 +453,12 @@ impl Session<'_, '_> {
         Flow::Continue
     }
 
-    async fn mail<S>(&mut self, conn: &mut Conn<S>, from: MailFrom<Cow<'_, str>>) -> Flow
+    async fn mail<S>(
+        &mut self,
+        conn: &mut Conn<S>,
+        from: MailFrom<Cow<'_, str>>,
+        line: &[u8],
+    ) -> Flow
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
@@ -471,7 +476,7 @@ impl Session<'_, '_> {
         if from.flags & MAIL_BODY_BINARYMIME != 0 {
             return self.protocol_error(conn, reply::unsupported_parameter("BODY=BINARYMIME"));
         }
-        if from.size > settings.max_message_bytes {
+        if from.size > settings.max_message_bytes || super::data::declares_oversized_size(line) {
             conn.reply(&reply::too_big());
             return Flow::Continue;
         }
