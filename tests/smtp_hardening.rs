@@ -45,10 +45,15 @@ const NOT_AN_END: [(&[u8], &[u8]); 14] = [
     (b"\n\n.\n\n", b"\n\n.\n\n"),
 ];
 
-/// Opens a transaction for `r@y.test` and answers the 354.
-async fn open_data(c: &mut Raw<TcpStream>) {
+/// MAIL from `a@x.test` and RCPT to `r@y.test`.
+async fn open_transaction(c: &mut Raw<TcpStream>) {
     assert_eq!(c.cmd("MAIL FROM:<a@x.test>").await, "250 2.1.0 Sender OK");
     assert_eq!(c.cmd("RCPT TO:<r@y.test>").await, "250 2.1.5 Recipient OK");
+}
+
+/// `open_transaction`, then DATA and its 354.
+async fn open_data(c: &mut Raw<TcpStream>) {
+    open_transaction(c).await;
     assert!(c.cmd("DATA").await.starts_with("354 "));
 }
 
@@ -190,8 +195,7 @@ async fn bdat_sizes_that_do_not_fit_get_552_and_the_connection_closes() {
         "1001",
     ] {
         let mut c = server.client().await;
-        assert_eq!(c.cmd("MAIL FROM:<a@x.test>").await, "250 2.1.0 Sender OK");
-        assert_eq!(c.cmd("RCPT TO:<r@y.test>").await, "250 2.1.5 Recipient OK");
+        open_transaction(&mut c).await;
         let mut batch = format!("BDAT {size} LAST\r\n").into_bytes();
         batch.extend_from_slice(SMUGGLED);
         batch.extend_from_slice(b".\r\nQUIT\r\n");
@@ -203,8 +207,7 @@ async fn bdat_sizes_that_do_not_fit_get_552_and_the_connection_closes() {
     assert_eq!(server.sink.count(), 0);
     // A chunk that fits is still fine.
     let mut c = server.client().await;
-    assert_eq!(c.cmd("MAIL FROM:<a@x.test>").await, "250 2.1.0 Sender OK");
-    assert_eq!(c.cmd("RCPT TO:<r@y.test>").await, "250 2.1.5 Recipient OK");
+    open_transaction(&mut c).await;
     let chunk = vec![b'x'; 1000];
     c.send(&[&b"BDAT 1000 LAST\r\n"[..], &chunk].concat()).await;
     assert!(c.reply().await.starts_with("250 2.0.0 Ok: queued as "));
@@ -245,8 +248,7 @@ async fn bdat_syntax_errors_get_501_and_the_connection_closes() {
         "BDAT 5 FIRST",
     ] {
         let mut c = server.client().await;
-        assert_eq!(c.cmd("MAIL FROM:<a@x.test>").await, "250 2.1.0 Sender OK");
-        assert_eq!(c.cmd("RCPT TO:<r@y.test>").await, "250 2.1.5 Recipient OK");
+        open_transaction(&mut c).await;
         c.send(format!("{line}\r\nNOOP\r\n").as_bytes()).await;
         assert_eq!(c.reply().await, BDAT_SYNTAX_501, "{line}");
         assert_eq!(c.reply().await, UNFRAMED_421, "{line}");
@@ -256,14 +258,23 @@ async fn bdat_syntax_errors_get_501_and_the_connection_closes() {
     server.stop().await;
 }
 
-/// Sends `bytes` one at a time, `every` apart, until the server answers; returns how long that
-/// took on the clock and how many bytes went out. Panics if all were sent without an answer.
-async fn trickle(c: &mut Raw<TcpStream>, bytes: &[u8], every: Duration) -> (Duration, usize) {
+/// Sends `bytes` one at a time, `every` apart, until the server answers, and asserts the answer
+/// is the timeout 421 and a close, at `deadline` from now give or take `every`. Returns how many
+/// bytes went out. Panics if all were sent without an answer.
+async fn trickle_until_cut_off(
+    c: &mut Raw<TcpStream>,
+    bytes: &[u8],
+    every: Duration,
+    deadline: Duration,
+) -> usize {
     let start = Instant::now();
     for (i, b) in bytes.iter().enumerate() {
         c.send(&[*b]).await;
         if c.answered_within(every).await {
-            return (start.elapsed(), i + 1);
+            assert_cut_off_at(start.elapsed(), deadline, every);
+            assert_eq!(c.reply().await, TIMEOUT_421);
+            assert!(c.closed().await);
+            return i + 1;
         }
     }
     panic!("no answer after trickling {} bytes", bytes.len());
@@ -288,13 +299,10 @@ async fn a_trickled_command_line_is_cut_off_at_the_command_deadline() {
     let every = Duration::from_secs(5);
     let mut slow = client(&server).await;
     let mut normal = client(&server).await;
-    let (took, sent) = tokio::join!(
+    let sent = tokio::join!(
         async {
             let line = format!("NOOP {}\r\n", "x".repeat(2000));
-            let out = trickle(&mut slow, line.as_bytes(), every).await;
-            assert_eq!(slow.reply().await, TIMEOUT_421);
-            assert!(slow.closed().await);
-            out
+            trickle_until_cut_off(&mut slow, line.as_bytes(), every, Duration::from_secs(300)).await
         },
         async {
             tokio::time::sleep(Duration::from_secs(100)).await;
@@ -305,7 +313,6 @@ async fn a_trickled_command_line_is_cut_off_at_the_command_deadline() {
         }
     )
     .0;
-    assert_cut_off_at(took, Duration::from_secs(300), every);
     assert!(sent < 100, "{sent} bytes");
     assert_eq!(server.sink.count(), 1);
     server.stop().await;
@@ -319,28 +326,21 @@ async fn trickled_message_data_is_cut_off_at_the_data_deadline() {
     let server = start(settings()).await;
     let every = Duration::from_secs(5);
     let body = "x\r\n".repeat(1000);
+    let data_deadline = Duration::from_secs(600);
 
     let mut c = client(&server).await;
     open_data(&mut c).await;
-    let (took, _) = trickle(&mut c, body.as_bytes(), every).await;
-    assert_eq!(c.reply().await, TIMEOUT_421);
-    assert!(c.closed().await);
-    assert_cut_off_at(took, Duration::from_secs(600), every);
+    trickle_until_cut_off(&mut c, body.as_bytes(), every, data_deadline).await;
 
     // BDAT: one large chunk trickled.
     let mut c = client(&server).await;
-    assert_eq!(c.cmd("MAIL FROM:<a@x.test>").await, "250 2.1.0 Sender OK");
-    assert_eq!(c.cmd("RCPT TO:<r@y.test>").await, "250 2.1.5 Recipient OK");
+    open_transaction(&mut c).await;
     c.send(b"BDAT 3000 LAST\r\n").await;
-    let (took, _) = trickle(&mut c, body.as_bytes(), every).await;
-    assert_eq!(c.reply().await, TIMEOUT_421);
-    assert!(c.closed().await);
-    assert_cut_off_at(took, Duration::from_secs(600), every);
+    trickle_until_cut_off(&mut c, body.as_bytes(), every, data_deadline).await;
 
     // BDAT: many one-byte chunks, each quick on its own; the deadline covers the message.
     let mut c = client(&server).await;
-    assert_eq!(c.cmd("MAIL FROM:<a@x.test>").await, "250 2.1.0 Sender OK");
-    assert_eq!(c.cmd("RCPT TO:<r@y.test>").await, "250 2.1.5 Recipient OK");
+    open_transaction(&mut c).await;
     let start = Instant::now();
     let reply = loop {
         c.send(b"BDAT 1\r\nx").await;
@@ -353,7 +353,7 @@ async fn trickled_message_data_is_cut_off_at_the_data_deadline() {
         }
     };
     assert_eq!(reply, TIMEOUT_421);
-    assert_cut_off_at(start.elapsed(), Duration::from_secs(600), every);
+    assert_cut_off_at(start.elapsed(), data_deadline, every);
     assert_eq!(server.sink.count(), 0);
     server.stop().await;
 }
@@ -398,10 +398,7 @@ async fn tricklers_holding_every_slot_are_cut_off_and_real_clients_get_in() {
         let mut c = client(&server).await;
         tricklers.push(tokio::spawn(async move {
             let line = format!("MAIL FROM:<{}@x.test>\r\n", "a".repeat(1000));
-            let (took, _) = trickle(&mut c, line.as_bytes(), every).await;
-            assert_eq!(c.reply().await, TIMEOUT_421);
-            assert!(c.closed().await);
-            took
+            trickle_until_cut_off(&mut c, line.as_bytes(), every, Duration::from_secs(300)).await;
         }));
     }
     tokio::time::sleep(Duration::from_secs(60)).await;
@@ -411,8 +408,7 @@ async fn tricklers_holding_every_slot_are_cut_off_and_real_clients_get_in() {
         "421 4.7.0 relay.test Too many connections, try again later"
     );
     for t in tricklers {
-        let took = t.await.expect("trickler");
-        assert_cut_off_at(took, Duration::from_secs(300), every);
+        t.await.expect("trickler cut off at the command deadline");
     }
     // The slots free as the trickler sessions end; poll briefly for one.
     let mut c = None;
