@@ -68,8 +68,14 @@ impl DataReader {
     }
 
     /// Consumes `input` up to and including the end-of-data line if it is there, appending the
-    /// message bytes to `body`.
+    /// message bytes to `body`. After the end it consumes nothing.
     pub(crate) fn feed(&mut self, input: &[u8], body: &mut Vec<u8>) -> Fed {
+        if self.state == State::Ended {
+            return Fed {
+                consumed: 0,
+                ended: true,
+            };
+        }
         let mut i = 0;
         while i < input.len() {
             if self.state == State::Text {
@@ -128,7 +134,8 @@ impl DataReader {
                     body.push(byte);
                     State::Text
                 }
-                (State::Ended, _) => unreachable!("feeding stops at the end"),
+                // Not reached: feeding returns as soon as the end is seen.
+                (State::Ended, _) => State::Ended,
             };
             if self.state == State::Ended {
                 return Fed {
@@ -309,6 +316,22 @@ mod tests {
                 assert_eq!(fed.ended.then_some(fed.consumed), first_end, "{input:?}");
             }
         }
+    }
+
+    #[test]
+    fn nothing_is_consumed_after_the_end() {
+        let mut reader = DataReader::new();
+        let mut body = Vec::new();
+        assert!(reader.feed(b"a\r\n.\r\n", &mut body).ended);
+        let fed = reader.feed(b"MAIL FROM:<a@b>\r\n", &mut body);
+        assert_eq!(
+            fed,
+            Fed {
+                consumed: 0,
+                ended: true
+            }
+        );
+        assert_eq!(body, b"a\r\n");
     }
 
     #[test]
