@@ -55,6 +55,10 @@ pub struct SmtpConfig {
     #[serde(deserialize_with = "lenient_u64")]
     pub idle_timeout_secs: u64,
     #[serde(deserialize_with = "lenient_u64")]
+    pub command_timeout_secs: u64,
+    #[serde(deserialize_with = "lenient_u64")]
+    pub data_timeout_secs: u64,
+    #[serde(deserialize_with = "lenient_u64")]
     pub data_memory_bytes: u64,
 }
 
@@ -405,8 +409,14 @@ impl Config {
                 "must be at least smtp.max_message_bytes, or no message of the largest size could ever be received".into(),
             );
         }
-        if smtp.idle_timeout_secs == 0 {
-            bad("smtp.idle_timeout_secs", "must be greater than 0".into());
+        for (key, secs) in [
+            ("smtp.idle_timeout_secs", smtp.idle_timeout_secs),
+            ("smtp.command_timeout_secs", smtp.command_timeout_secs),
+            ("smtp.data_timeout_secs", smtp.data_timeout_secs),
+        ] {
+            if secs == 0 {
+                bad(key, "must be greater than 0".into());
+            }
         }
         if smtp.tls_cert.is_some() != smtp.tls_key.is_some() {
             bad(

@@ -1,11 +1,13 @@
 //! The byte stream under one SMTP session: our own read buffer (so STARTTLS can drop pipelined
 //! plaintext and DATA can take the bytes after the command), line framing with a length cap,
-//! queued replies flushed only before the session would block on a read (RFC 2920), and a timeout
-//! or a shutdown signal on every wait. Knows nothing of SMTP commands.
+//! queued replies flushed only before the session would block on a read (RFC 2920), and on every
+//! wait a shutdown signal, a per-read timeout and a deadline for the whole line or message being
+//! read ([`Wait`]). Knows nothing of SMTP commands.
 
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::reply::Reply;
@@ -22,12 +24,53 @@ const READ_CHUNK: usize = 16 * 1024;
 /// Most input discarded by `lingering_close`.
 const MAX_LINGER_BYTES: usize = 64 * 1024;
 
+/// How long reads may wait: each one at most `idle`, and none past `deadline`. A per-read timeout
+/// alone lets a client that sends a byte every few seconds hold the connection forever; the
+/// deadline, fixed when the line or message starts, does not move with each byte.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Wait {
+    idle: Duration,
+    /// `None` when too far in the future to represent: no deadline.
+    deadline: Option<Instant>,
+}
+
+impl Wait {
+    /// Reads of at most `idle` each, all done within `total` from now.
+    pub(crate) fn within(idle: Duration, total: Duration) -> Self {
+        Wait {
+            idle,
+            deadline: Instant::now().checked_add(total),
+        }
+    }
+
+    /// This wait, ending no later than `other`'s deadline either.
+    pub(crate) fn and(self, other: Wait) -> Self {
+        Wait {
+            idle: self.idle.min(other.idle),
+            deadline: earliest(self.deadline, other.deadline),
+        }
+    }
+
+    /// When the read starting now gives up.
+    fn read_ends(&self) -> Option<Instant> {
+        earliest(Instant::now().checked_add(self.idle), self.deadline)
+    }
+}
+
+fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
 /// Why no more input is coming.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum ReadError {
     /// The client closed the connection, or the socket failed.
     Closed,
-    /// Nothing arrived within the timeout (or our replies could not be written within it).
+    /// Nothing arrived within the per-read timeout, the line or message was not complete by
+    /// its deadline, or our replies could not be written in time.
     TimedOut,
     /// The stop token fired.
     Shutdown,
@@ -150,7 +193,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     /// them before it sends anything else.
     pub(crate) async fn fill(
         &mut self,
-        timeout: Duration,
+        wait: Wait,
         stop: &CancellationToken,
     ) -> Result<(), ReadError> {
         self.flush().await?;
@@ -161,10 +204,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         self.rbuf.reserve(READ_CHUNK);
         let stream = &mut self.stream;
         let rbuf = &mut self.rbuf;
+        let ends = wait.read_ends();
+        let read = async move {
+            match ends {
+                Some(at) => tokio::time::timeout_at(at, stream.read_buf(rbuf)).await,
+                None => Ok(stream.read_buf(rbuf).await),
+            }
+        };
         let read = tokio::select! {
             biased;
             _ = stop.cancelled() => return Err(ReadError::Shutdown),
-            read = tokio::time::timeout(timeout, stream.read_buf(rbuf)) => read,
+            read = read => read,
         };
         match read {
             Err(_) => Err(ReadError::TimedOut),
@@ -182,7 +232,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     /// skipped.
     pub(crate) async fn next_line(
         &mut self,
-        timeout: Duration,
+        wait: Wait,
         stop: &CancellationToken,
     ) -> Result<Line, ReadError> {
         loop {
@@ -213,7 +263,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 self.skipping = true;
                 return Ok(Line::TooLong);
             }
-            self.fill(timeout, stop).await?;
+            self.fill(wait, stop).await?;
         }
     }
 }
@@ -225,6 +275,10 @@ mod tests {
 
     const T: Duration = Duration::from_secs(5);
 
+    fn wait() -> Wait {
+        Wait::within(T, T)
+    }
+
     #[tokio::test]
     async fn frames_lines_and_reports_overlong_ones_early() {
         let (client, server) = tokio::io::duplex(64 * 1024);
@@ -234,18 +288,18 @@ mod tests {
         let mut long = vec![b'x'; MAX_LINE + 10];
         client.write_all(b"NOOP\r\n").await.expect("write");
         client.write_all(&long).await.expect("write");
-        let first = conn.next_line(T, &stop).await.expect("line");
+        let first = conn.next_line(wait(), &stop).await.expect("line");
         assert!(
             matches!(first, Line::Complete(ref l) if l == b"NOOP\r\n"),
             "{first:?}"
         );
         // Reported before any LF arrives.
-        let second = conn.next_line(T, &stop).await.expect("line");
+        let second = conn.next_line(wait(), &stop).await.expect("line");
         assert!(matches!(second, Line::TooLong), "{second:?}");
         long.truncate(100);
         client.write_all(&long).await.expect("write");
         client.write_all(b"\r\nQUIT\r\n").await.expect("write");
-        let third = conn.next_line(T, &stop).await.expect("line");
+        let third = conn.next_line(wait(), &stop).await.expect("line");
         assert!(
             matches!(third, Line::Complete(ref l) if l == b"QUIT\r\n"),
             "{third:?}"
@@ -259,14 +313,65 @@ mod tests {
         let stop = CancellationToken::new();
         stop.cancel();
         assert_eq!(
-            conn.next_line(T, &stop).await.err(),
+            conn.next_line(wait(), &stop).await.err(),
             Some(ReadError::Shutdown)
         );
         drop(client);
         let live = CancellationToken::new();
         assert_eq!(
-            conn.next_line(T, &live).await.err(),
+            conn.next_line(wait(), &live).await.err(),
             Some(ReadError::Closed)
         );
+    }
+
+    /// Each byte comes well within the per-read timeout, yet the line is cut off at the deadline
+    /// set when the wait began; a line completed in time is returned.
+    #[tokio::test(start_paused = true)]
+    async fn the_deadline_does_not_move_with_each_byte() {
+        let (mut client, server) = tokio::io::duplex(1024);
+        let mut conn = Conn::new(server, T);
+        let stop = CancellationToken::new();
+        let started = Instant::now();
+        let reader = async {
+            let line = conn
+                .next_line(Wait::within(T, Duration::from_secs(60)), &stop)
+                .await;
+            (line, started.elapsed())
+        };
+        let writer = async {
+            for _ in 0..100 {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                if client.write_all(b"x").await.is_err() {
+                    break;
+                }
+            }
+        };
+        let ((line, took), ()) = tokio::join!(reader, writer);
+        assert_eq!(line.err(), Some(ReadError::TimedOut));
+        assert_eq!(took, Duration::from_secs(60));
+
+        let (mut client, server) = tokio::io::duplex(1024);
+        let mut conn = Conn::new(server, T);
+        let started = Instant::now();
+        let reader = conn.next_line(Wait::within(T, Duration::from_secs(60)), &stop);
+        let writer = async {
+            for b in b"NOOP\r\n" {
+                tokio::time::sleep(Duration::from_secs(4)).await;
+                client.write_all(&[*b]).await.expect("write");
+            }
+        };
+        let (line, ()) = tokio::join!(reader, writer);
+        assert!(matches!(line, Ok(Line::Complete(ref l)) if l == b"NOOP\r\n"));
+        assert_eq!(started.elapsed(), Duration::from_secs(24));
+    }
+
+    #[test]
+    fn a_deadline_too_far_away_is_none_and_the_earliest_wins() {
+        let far = Wait::within(T, Duration::MAX);
+        assert!(far.deadline.is_none());
+        let near = Wait::within(Duration::MAX, Duration::from_secs(1));
+        let both = far.and(near);
+        assert_eq!(both.idle, T);
+        assert_eq!(both.deadline, near.deadline);
     }
 }

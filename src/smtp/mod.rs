@@ -17,14 +17,16 @@
 //!   on the unmaintained rustls-pemfile. The parser and DATA state machine are private, so these
 //!   could not be fixed from outside.
 //!
-//! [`smtp_proto`] (Stalwart's sans-IO parser) gives us the command and ESMTP parameter parsing
-//! and a DATA receiver with the strict `<CRLF>.<CRLF>` end; this module adds the session state
-//! machine, BDAT chunking, limits, timeouts, TLS and AUTH on tokio.
+//! [`smtp_proto`] (Stalwart's sans-IO parser) gives us the command and ESMTP parameter parsing;
+//! this module adds the session state machine, DATA and BDAT framing of our own (smtp-proto's
+//! DATA receiver ended data at `<CRLF>.<CR><CR><LF>` and its BDAT size parser restarted on
+//! overflow: see `data`), limits, deadlines, TLS and AUTH on tokio.
 //!
 //! # Layout
 //! - [`server`]: accept loop, connection limit, shutdown (`serve`, `serve_implicit_tls`,
 //!   `serve_connection`).
-//! - `session`: one connection's state machine; `conn`: buffered I/O with timeouts;
+//! - `session`: one connection's state machine; `conn`: buffered I/O with timeouts and
+//!   deadlines; `data`: where DATA ends (only `<CRLF>.<CRLF>`) and what a BDAT line says;
 //!   `reply`: every reply text; `sasl`: AUTH PLAIN/LOGIN against plain passwords and argon2
 //!   hashes; [`throttle`]: the per-address delay after failed AUTH; [`tls`]: the rustls server
 //!   config with a reloadable certificate.
@@ -32,6 +34,7 @@
 //!   accept at the end of DATA).
 
 mod conn;
+mod data;
 mod reply;
 mod sasl;
 pub mod server;

@@ -212,6 +212,13 @@ pub(crate) fn timeout(host: &str) -> Reply {
         format!("{host} Timeout exceeded, closing connection"),
     )
 }
+pub(crate) fn unframed_chunk(host: &str) -> Reply {
+    Reply::new(
+        421,
+        [4, 5, 0],
+        format!("{host} Cannot find the end of that BDAT chunk, closing connection"),
+    )
+}
 pub(crate) fn shutting_down(host: &str) -> Reply {
     Reply::new(
         421,

@@ -1,13 +1,14 @@
 //! One SMTP connection, from the network check to QUIT: the command state machine over
-//! smtp-proto's parser, DATA with the strict `<CRLF>.<CRLF>` end, the size cap, the spool space
-//! check at MAIL, AUTH (with the per-address failure delay and the user → mailbox restriction),
-//! STARTTLS and implicit TLS. Generic over the byte stream. Hands complete messages to the
-//! `MessageSink` and answers 250 only on its `Ok`; never logs message bodies or credentials.
+//! smtp-proto's parser, DATA with the strict `<CRLF>.<CRLF>` end and BDAT with checked chunk
+//! sizes (both framed by `data`), the size cap, the deadlines for a command line and for a
+//! message, the spool space check at MAIL, AUTH (with the per-address failure delay and the
+//! user → mailbox restriction), STARTTLS and implicit TLS. Generic over the byte stream. Hands
+//! complete messages to the `MessageSink` and answers 250 only on its `Ok`; never logs message
+//! bodies or credentials.
 
 use std::borrow::Cow;
 use std::net::SocketAddr;
 
-use smtp_proto::request::receiver::{DataReceiver, DummyDataReceiver};
 use smtp_proto::{
     AUTH_LOGIN, AUTH_PLAIN, Error as ParseError, MAIL_BODY_BINARYMIME, MAIL_SMTPUTF8,
 };
@@ -17,15 +18,17 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::conn::{Conn, Line, ReadError};
+use super::conn::{Conn, Line, ReadError, Wait};
+use super::data::{Bdat, DataReader};
 use super::reply::{self, Reply};
 use super::sasl;
 use super::settings::{DATA_MEMORY_UNIT, SmtpSettings};
 use super::sink::{AcceptError, MessageSink};
 use crate::spool::Envelope;
 
-/// How long a refused client may keep sending after the 554 before the connection is dropped.
-const REFUSED_LINGER: std::time::Duration = std::time::Duration::from_secs(1);
+/// How long a client may keep sending after our last reply before the connection is dropped
+/// (a refused client after its 554, a BDAT whose chunk cannot be skipped after its 421).
+const LINGER: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Shutdown as a session sees it: `soft` ends idle sessions at once; `hard` (the grace period is
 /// over) ends the rest, mid-transaction or not.
@@ -58,7 +61,7 @@ where
             conn.reply(&reply::access_denied(&settings.hostname));
             // A client that pipelined commands without waiting would otherwise get a reset
             // (unread input at close) that can swallow the 554 before it reads it.
-            conn.lingering_close(REFUSED_LINGER).await;
+            conn.lingering_close(LINGER).await;
         }
         return;
     }
@@ -133,6 +136,8 @@ struct Transaction {
     smtputf8: bool,
     /// The message so far, once a BDAT chunk arrived.
     chunks: Option<Body>,
+    /// Set when the message data starts (DATA, or the first BDAT): it must all arrive by then.
+    message_wait: Option<Wait>,
 }
 
 /// A message being received, with its share of the DATA memory budget.
@@ -184,6 +189,10 @@ enum Outcome<S> {
 enum Flow {
     Continue,
     Close,
+    /// Close, reading and dropping what the client still sends for a moment: it has sent bytes
+    /// we will not read, and closing on unread input resets the connection, which can destroy
+    /// our last replies before the client reads them.
+    CloseLingering,
     StartTls,
 }
 
@@ -206,7 +215,7 @@ where
             return Outcome::Done;
         }
         let line = match conn
-            .next_line(ctx.settings.idle_timeout, session.stop_token())
+            .next_line(session.line_wait(), session.stop_token())
             .await
         {
             Ok(line) => line,
@@ -223,6 +232,10 @@ where
             Flow::Continue => {}
             Flow::Close => {
                 let _ = conn.flush().await;
+                return Outcome::Done;
+            }
+            Flow::CloseLingering => {
+                conn.lingering_close(LINGER).await;
                 return Outcome::Done;
             }
             Flow::StartTls => {
@@ -259,6 +272,28 @@ impl Session<'_, '_> {
         }
     }
 
+    /// How long the next command line may take: `command_timeout` from now, and within the
+    /// message deadline while a BDAT message is in progress (so a stream of tiny chunks cannot
+    /// stretch it).
+    fn line_wait(&self) -> Wait {
+        let settings = self.ctx.settings;
+        let line = Wait::within(settings.idle_timeout, settings.command_timeout);
+        match self.state.tx.as_ref().and_then(|tx| tx.message_wait) {
+            Some(message) => line.and(message),
+            None => line,
+        }
+    }
+
+    /// The deadline of this transaction's message, started now if it has not started yet.
+    fn message_wait(&mut self) -> Wait {
+        let settings = self.ctx.settings;
+        let fresh = Wait::within(settings.idle_timeout, settings.data_timeout);
+        match self.state.tx.as_mut() {
+            Some(tx) => *tx.message_wait.get_or_insert(fresh),
+            None => fresh,
+        }
+    }
+
     fn auth_offered(&self) -> bool {
         !self.ctx.settings.users.is_empty()
             && (self.state.tls || self.ctx.peer.ip().to_canonical().is_loopback())
@@ -285,7 +320,7 @@ impl Session<'_, '_> {
         match why {
             ReadError::Closed => debug!("client closed the connection"),
             ReadError::TimedOut => {
-                info!("idle timeout");
+                info!("timed out: silent too long, or the line or message took too long");
                 self.close_with(conn, reply::timeout(&host)).await;
             }
             ReadError::Shutdown => {
@@ -314,6 +349,10 @@ impl Session<'_, '_> {
     where
         S: AsyncRead + AsyncWrite + Unpin + Send,
     {
+        // Parsed here, not by smtp-proto, whose chunk-size parser restarts on overflow.
+        if let Some(bdat) = super::data::parse_bdat(line) {
+            return self.bdat(conn, bdat).await;
+        }
         let request = match Request::parse(&mut line.iter()) {
             Ok(request) => request,
             Err(e) => {
@@ -325,7 +364,7 @@ impl Session<'_, '_> {
         match request {
             Request::Ehlo { host } => self.ehlo(conn, host, true),
             Request::Helo { host } => self.ehlo(conn, host, false),
-            Request::Mail { from } => self.mail(conn, from).await,
+            Request::Mail { from } => self.mail(conn, from, line).await,
             Request::Rcpt { to } => self.rcpt(conn, to),
             Request::Data => self.data(conn).await,
             Request::Rset => {
@@ -366,10 +405,8 @@ impl Session<'_, '_> {
                 mechanism,
                 initial_response,
             } => self.auth(conn, mechanism, initial_response).await,
-            Request::Bdat {
-                chunk_size,
-                is_last,
-            } => self.bdat(conn, chunk_size, is_last).await,
+            // smtp-proto saw a BDAT that `parse_bdat` did not: where its chunk ends is unknown.
+            Request::Bdat { .. } => self.bdat(conn, Bdat::Syntax).await,
             Request::Lhlo { .. } => self.protocol_error(conn, reply::not_implemented("LHLO")),
             Request::Expn { .. } => self.protocol_error(conn, reply::not_implemented("EXPN")),
             Request::Etrn { .. } => self.protocol_error(conn, reply::not_implemented("ETRN")),
@@ -416,7 +453,12 @@ impl Session<'_, '_> {
         Flow::Continue
     }
 
-    async fn mail<S>(&mut self, conn: &mut Conn<S>, from: MailFrom<Cow<'_, str>>) -> Flow
+    async fn mail<S>(
+        &mut self,
+        conn: &mut Conn<S>,
+        from: MailFrom<Cow<'_, str>>,
+        line: &[u8],
+    ) -> Flow
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
@@ -434,7 +476,7 @@ impl Session<'_, '_> {
         if from.flags & MAIL_BODY_BINARYMIME != 0 {
             return self.protocol_error(conn, reply::unsupported_parameter("BODY=BINARYMIME"));
         }
-        if from.size > settings.max_message_bytes {
+        if from.size > settings.max_message_bytes || super::data::declares_oversized_size(line) {
             conn.reply(&reply::too_big());
             return Flow::Continue;
         }
@@ -468,6 +510,7 @@ impl Session<'_, '_> {
             rcpt_to: Vec::new(),
             smtputf8: from.flags & MAIL_SMTPUTF8 != 0,
             chunks: None,
+            message_wait: None,
         });
         conn.reply(&reply::sender_ok());
         Flow::Continue
@@ -517,27 +560,25 @@ impl Session<'_, '_> {
         }
         conn.reply(&reply::start_data());
         let settings = self.ctx.settings;
-        let mut receiver = data_receiver();
-        let mut discard: Option<DummyDataReceiver> = None;
+        let wait = self.message_wait();
+        let mut reader = DataReader::new();
         let mut body = Body::default();
+        // Once the message is refused, the rest is read to its end and kept nowhere.
+        let mut dropped = Vec::new();
         loop {
-            let avail = conn.buffered();
-            let mut bytes = avail.iter();
-            let done = match discard.as_mut() {
-                Some(d) => d.ingest(&mut bytes),
-                None => receiver.ingest(&mut bytes, &mut body.bytes),
+            let out = if body.refused.is_some() {
+                dropped.clear();
+                &mut dropped
+            } else {
+                &mut body.bytes
             };
-            let used = avail.len() - bytes.as_slice().len();
-            conn.consume(used);
+            let fed = reader.feed(conn.buffered(), out);
+            conn.consume(fed.consumed);
             body.check(settings);
-            if discard.is_none() && body.refused.is_some() {
-                // Keep reading to the end of the data, keep nothing.
-                discard = Some(DummyDataReceiver::new_data(&receiver));
-            }
-            if done {
+            if fed.ended {
                 break;
             }
-            if let Err(e) = conn.fill(settings.data_timeout, &self.ctx.stop.hard).await {
+            if let Err(e) = conn.fill(wait, &self.ctx.stop.hard).await {
                 return self.message_cut_off(conn, e, "DATA").await;
             }
         }
@@ -630,17 +671,37 @@ impl Session<'_, '_> {
 
     /// BDAT (RFC 3030 CHUNKING): exactly `chunk_size` bytes follow the command, with no
     /// dot-stuffing and no end marker; the chunk is always read (so it is never taken for
-    /// commands), even when the transaction is refused.
-    async fn bdat<S>(&mut self, conn: &mut Conn<S>, chunk_size: usize, is_last: bool) -> Flow
+    /// commands), even when the transaction is refused. A chunk that cannot be read that way (its
+    /// size unreadable, beyond 64 bits or over `max_message_bytes`, so draining it could take
+    /// forever) gets its 501/552 and then 421: the connection closes rather than read the chunk's
+    /// bytes as commands.
+    async fn bdat<S>(&mut self, conn: &mut Conn<S>, bdat: Bdat) -> Flow
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
+        let settings = self.ctx.settings;
+        let (chunk_size, is_last) = match bdat {
+            Bdat::Chunk { size, last } => match size.and_then(|s| usize::try_from(s).ok()) {
+                Some(size) if size <= settings.max_message_bytes => (size, last),
+                _ => {
+                    info!(size, "BDAT chunk over the size limit; closing");
+                    return self.unframed_chunk(conn, reply::too_big());
+                }
+            },
+            Bdat::Syntax => {
+                info!("BDAT without a readable size; closing");
+                return self.unframed_chunk(conn, reply::syntax("BDAT chunk-size [LAST]"));
+            }
+        };
         let ready = match &self.state.tx {
             None => Err(reply::bad_sequence("Need MAIL command")),
             Some(tx) if tx.rcpt_to.is_empty() => Err(reply::bad_sequence("Need RCPT command")),
             Some(_) => Ok(()),
         };
-        let settings = self.ctx.settings;
+        let wait = match ready {
+            Ok(()) => self.message_wait(),
+            Err(_) => Wait::within(settings.idle_timeout, settings.data_timeout),
+        };
         let mut body = match (&ready, self.state.tx.as_mut()) {
             (Ok(()), Some(tx)) => tx.chunks.take().unwrap_or_default(),
             // Out of sequence: the chunk is drained (kept nowhere) and refused below.
@@ -662,7 +723,7 @@ impl Session<'_, '_> {
             if left == 0 {
                 break;
             }
-            if let Err(e) = conn.fill(settings.data_timeout, &self.ctx.stop.hard).await {
+            if let Err(e) = conn.fill(wait, &self.ctx.stop.hard).await {
                 return self.message_cut_off(conn, e, "BDAT").await;
             }
         }
@@ -677,6 +738,17 @@ impl Session<'_, '_> {
         }
         conn.reply(&reply::chunk_received(chunk_size));
         Flow::Continue
+    }
+
+    /// The answer to a BDAT whose chunk cannot be skipped, then 421 and close.
+    fn unframed_chunk<S>(&mut self, conn: &mut Conn<S>, reply: Reply) -> Flow
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        self.state.tx = None;
+        conn.reply(&reply);
+        conn.reply(&reply::unframed_chunk(self.host()));
+        Flow::CloseLingering
     }
 
     fn starttls<S>(&mut self, conn: &mut Conn<S>) -> Flow
@@ -817,10 +889,7 @@ impl Session<'_, '_> {
             Some(line) => line,
             None => {
                 conn.reply_raw(challenge);
-                match conn
-                    .next_line(self.ctx.settings.idle_timeout, self.stop_token())
-                    .await
-                {
+                match conn.next_line(self.line_wait(), self.stop_token()).await {
                     Ok(Line::Complete(line)) => line,
                     Ok(Line::TooLong) => {
                         return Err(self.protocol_error(conn, reply::line_too_long()));
@@ -868,18 +937,6 @@ fn reserve_memory(
         }
         Err(_) => false,
     }
-}
-
-/// A DATA receiver that knows it starts at the beginning of a line. smtp-proto's starts with no
-/// line behind it, so a first line of `.` would not end the data (an empty message would hang)
-/// and a first line of `..x` would not be unstuffed; feeding it the CRLF that ended the DATA
-/// command fixes both.
-fn data_receiver() -> DataReceiver {
-    let mut receiver = DataReceiver::new();
-    let mut discarded = Vec::with_capacity(2);
-    let done = receiver.ingest(&mut b"\r\n".iter(), &mut discarded);
-    debug_assert!(!done);
-    receiver
 }
 
 /// Addresses compared as mail systems do in practice: case-insensitively, ignoring spaces around.
@@ -957,25 +1014,6 @@ mod tests {
             let err = Request::parse(&mut line.iter()).expect_err("must not parse");
             assert_eq!(parse_error_reply(&err).to_string(), want);
         }
-    }
-
-    #[test]
-    fn data_starts_at_the_beginning_of_a_line() {
-        for (input, body) in [
-            (&b".\r\n"[..], &b""[..]),
-            (b"..x\r\n.\r\n", b".x\r\n"),
-            (b"a\r\n..\r\n.\r\n", b"a\r\n.\r\n"),
-            (b"\r\n.\r\n", b"\r\n"),
-        ] {
-            let mut receiver = data_receiver();
-            let mut got = Vec::new();
-            assert!(receiver.ingest(&mut input.iter(), &mut got), "{input:?}");
-            assert_eq!(got, body, "{input:?}");
-        }
-        // Still not ended by a bare LF before the dot.
-        let mut receiver = data_receiver();
-        let mut got = Vec::new();
-        assert!(!receiver.ingest(&mut b"x\n.\r\n".iter(), &mut got));
     }
 
     #[test]

@@ -34,9 +34,14 @@ pub struct SmtpSettings {
     pub max_recipients: usize,
     /// Concurrent connections over every listener sharing these settings; more get `421 4.7.0`.
     pub max_connections: usize,
-    /// Longest silence while waiting for a command (and for writes to drain) before `421 4.4.2`.
+    /// Longest silence (one read, or writes draining) anywhere in a session before `421 4.4.2`.
     pub idle_timeout: Duration,
-    /// Longest silence while receiving DATA before `421 4.4.2`.
+    /// Longest time for a whole command line (or AUTH response), from when the server starts
+    /// waiting for it, before `421 4.4.2`: a client trickling a byte at a time cannot hold a
+    /// connection longer than an idle one.
+    pub command_timeout: Duration,
+    /// Longest time for a whole message, from the DATA command (or the first BDAT) to its end,
+    /// before `421 4.4.2`; for BDAT it also bounds the commands between the chunks.
     pub data_timeout: Duration,
     /// After shutdown starts, how long sessions in the middle of a transaction may finish it.
     pub shutdown_grace: Duration,
@@ -95,7 +100,8 @@ impl SmtpSettings {
             max_recipients: 1000,
             max_connections: 200,
             idle_timeout: Duration::from_secs(300),
-            data_timeout: Duration::from_secs(300),
+            command_timeout: Duration::from_secs(300),
+            data_timeout: Duration::from_secs(600),
             shutdown_grace: Duration::from_secs(10),
             max_errors: 10,
             max_auth_failures: 3,
@@ -117,14 +123,14 @@ impl SmtpSettings {
     /// `try_from_config`).
     pub fn from_config(c: &Config) -> Self {
         let smtp = &c.smtp;
-        let idle = Duration::from_secs(smtp.idle_timeout_secs.max(1));
         let mut s = SmtpSettings::new(c.hostname());
         s.max_message_bytes = usize::try_from(smtp.max_message_bytes).unwrap_or(usize::MAX);
         s.allowed_networks = smtp.allowed_networks.clone();
         s.max_recipients = smtp.max_recipients.max(1);
         s.max_connections = smtp.max_connections.max(1);
-        s.idle_timeout = idle;
-        s.data_timeout = idle;
+        s.idle_timeout = Duration::from_secs(smtp.idle_timeout_secs.max(1));
+        s.command_timeout = Duration::from_secs(smtp.command_timeout_secs.max(1));
+        s.data_timeout = Duration::from_secs(smtp.data_timeout_secs.max(1));
         s.require_auth = smtp.require_auth;
         s.users = smtp.users.clone();
         s.data_memory_bytes = usize::try_from(smtp.data_memory_bytes).unwrap_or(usize::MAX);
@@ -220,6 +226,7 @@ impl fmt::Debug for SmtpSettings {
             .field("max_recipients", &self.max_recipients)
             .field("max_connections", &self.max_connections)
             .field("idle_timeout", &self.idle_timeout)
+            .field("command_timeout", &self.command_timeout)
             .field("data_timeout", &self.data_timeout)
             .field("shutdown_grace", &self.shutdown_grace)
             .field("max_errors", &self.max_errors)
@@ -311,6 +318,14 @@ mod tests {
                 "GRAPH_RELAY__SMTP__MAX_RECIPIENTS".to_string(),
                 "5".to_string(),
             ),
+            (
+                "GRAPH_RELAY__SMTP__COMMAND_TIMEOUT_SECS".to_string(),
+                "8".to_string(),
+            ),
+            (
+                "GRAPH_RELAY__SMTP__DATA_TIMEOUT_SECS".to_string(),
+                "9".to_string(),
+            ),
         ];
         let config = Config::from_layers(None, &env).expect("config");
         let s = SmtpSettings::from_config(&config);
@@ -318,7 +333,8 @@ mod tests {
         assert_eq!(s.max_message_bytes, 1234);
         assert_eq!(s.max_recipients, 5);
         assert_eq!(s.idle_timeout, Duration::from_secs(7));
-        assert_eq!(s.data_timeout, Duration::from_secs(7));
+        assert_eq!(s.command_timeout, Duration::from_secs(8));
+        assert_eq!(s.data_timeout, Duration::from_secs(9));
         assert!(s.tls.is_none());
         assert!(format!("{s:?}").contains("mx.example"));
     }

@@ -230,6 +230,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Raw<S> {
         }
     }
 
+    /// Whether the server has said something (or closed) within `wait`. Reads nothing, so a
+    /// `reply` can follow.
+    pub async fn answered_within(&mut self, wait: Duration) -> bool {
+        // fill_buf is cancel-safe: what arrived stays buffered for `reply`.
+        tokio::time::timeout(wait, self.stream.fill_buf())
+            .await
+            .is_ok()
+    }
+
     /// Sends one command line and returns its reply.
     pub async fn cmd(&mut self, line: &str) -> String {
         self.send(format!("{line}\r\n").as_bytes()).await;
