@@ -10,6 +10,7 @@ pub mod auth;
 pub mod deliver;
 pub mod notify;
 pub mod status;
+pub mod ingest;
 pub mod app;
 pub mod cli;
 pub mod send_test;
