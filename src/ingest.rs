@@ -20,7 +20,9 @@ pub struct Ingest {
     spool: Spool,
     clock: Arc<dyn Clock>,
     counters: Arc<Counters>,
-    manager: Arc<QueueManager>,
+    /// Woken with each new message; `None` in a process without delivery (the sendmail
+    /// command), whose mail the running serve finds at its next rescan of the spool.
+    manager: Option<Arc<QueueManager>>,
 }
 
 impl Ingest {
@@ -34,7 +36,18 @@ impl Ingest {
             spool,
             clock,
             counters,
-            manager,
+            manager: Some(manager),
+        }
+    }
+
+    /// An ingest that only commits: for the sendmail command, which writes the spool beside a
+    /// running serve (never taking its lock), as Postfix's postdrop writes the maildrop.
+    pub fn without_delivery(spool: Spool, clock: Arc<dyn Clock>) -> Ingest {
+        Ingest {
+            spool,
+            clock,
+            counters: Arc::default(),
+            manager: None,
         }
     }
 }
@@ -96,7 +109,9 @@ impl MessageSink for Ingest {
             Ok(record) => {
                 self.counters.received();
                 let id = record.id.clone();
-                self.manager.submit(record);
+                if let Some(manager) = &self.manager {
+                    manager.submit(record);
+                }
                 Ok(id)
             }
             Err(SpoolError::NoSpace(e)) => {

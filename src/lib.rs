@@ -14,6 +14,7 @@ pub mod ingest;
 pub mod app;
 pub mod cli;
 pub mod send_test;
+pub mod sendmail;
 
 /// What a unit test returns, so setup failures use `?` instead of panicking unwraps.
 #[cfg(test)]

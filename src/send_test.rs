@@ -1,5 +1,6 @@
-//! `graph-relay send-test`: a minimal SMTP client that sends one test message to the running
-//! relay, like WP Mail SMTP's "Email Test". Returns the server's final reply; never retries.
+//! A minimal SMTP client for the running relay: `graph-relay send-test` sends one test message
+//! through it (like WP Mail SMTP's "Email Test"), and the sendmail command submits through it
+//! when it cannot write the spool itself. Returns the server's final reply; never retries.
 
 use std::time::{Duration, SystemTime};
 
@@ -21,16 +22,44 @@ pub enum SendTestError {
     Timeout(Duration),
 }
 
+impl SendTestError {
+    /// The SMTP reply code of a refusal (`530`, `452`, ...); `None` when no reply came.
+    pub fn reply_code(&self) -> Option<u16> {
+        match self {
+            SendTestError::Refused { reply, .. } => reply.get(..3)?.parse().ok(),
+            _ => None,
+        }
+    }
+}
+
 const TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Sends the test message; returns the reply to the end of DATA (`250 ...` when queued).
 pub async fn send(server: &str, helo: &str, from: &str, to: &str) -> Result<String, SendTestError> {
-    tokio::time::timeout(TIMEOUT, exchange(server, helo, from, to))
+    submit(server, helo, from, &[to.to_string()], &message(from, to)).await
+}
+
+/// Submits one message (CRLF line endings, not yet dot-stuffed) to `server`; returns the reply
+/// to the end of DATA, which the relay gives only once the message is durable in its spool.
+pub async fn submit(
+    server: &str,
+    helo: &str,
+    from: &str,
+    to: &[String],
+    message: &[u8],
+) -> Result<String, SendTestError> {
+    tokio::time::timeout(TIMEOUT, exchange(server, helo, from, to, message))
         .await
         .map_err(|_| SendTestError::Timeout(TIMEOUT))?
 }
 
-async fn exchange(server: &str, helo: &str, from: &str, to: &str) -> Result<String, SendTestError> {
+async fn exchange(
+    server: &str,
+    helo: &str,
+    from: &str,
+    to: &[String],
+    message: &[u8],
+) -> Result<String, SendTestError> {
     let stream = TcpStream::connect(server)
         .await
         .map_err(|source| SendTestError::Connect {
@@ -40,27 +69,57 @@ async fn exchange(server: &str, helo: &str, from: &str, to: &str) -> Result<Stri
     let (read, mut write) = stream.into_split();
     let mut read = BufReader::new(read);
     expect(&mut read, "greeting", '2').await?;
-    let mut step = async |line: String, stage: &'static str, class: char| {
-        write.write_all(line.as_bytes()).await?;
+    let mut step = async |bytes: Vec<u8>, stage: &'static str, class: char| {
+        write.write_all(&bytes).await?;
         expect(&mut read, stage, class).await
     };
-    step(format!("EHLO {helo}\r\n"), "EHLO", '2').await?;
-    step(format!("MAIL FROM:<{from}>\r\n"), "MAIL FROM", '2').await?;
-    step(format!("RCPT TO:<{to}>\r\n"), "RCPT TO", '2').await?;
-    step("DATA\r\n".to_string(), "DATA", '3').await?;
-    let reply = step(message(from, to), "end of DATA", '2').await?;
-    let _ = step("QUIT\r\n".to_string(), "QUIT", '2').await;
+    let utf8 = std::iter::once(from)
+        .chain(to.iter().map(String::as_str))
+        .any(|a| !a.is_ascii());
+    let utf8 = if utf8 { " SMTPUTF8" } else { "" };
+    step(format!("EHLO {helo}\r\n").into(), "EHLO", '2').await?;
+    step(
+        format!("MAIL FROM:<{from}>{utf8}\r\n").into(),
+        "MAIL FROM",
+        '2',
+    )
+    .await?;
+    for to in to {
+        step(format!("RCPT TO:<{to}>\r\n").into(), "RCPT TO", '2').await?;
+    }
+    step(b"DATA\r\n".to_vec(), "DATA", '3').await?;
+    let reply = step(dot_stuffed(message), "end of DATA", '2').await?;
+    let _ = step(b"QUIT\r\n".to_vec(), "QUIT", '2').await;
     Ok(reply)
 }
 
-fn message(from: &str, to: &str) -> String {
+/// The DATA payload: a leading dot on any line doubled (RFC 5321 4.5.2), then `.` alone.
+fn dot_stuffed(message: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(message.len() + message.len() / 64 + 5);
+    let mut line_start = true;
+    for &b in message {
+        if line_start && b == b'.' {
+            out.push(b'.');
+        }
+        out.push(b);
+        line_start = b == b'\n';
+    }
+    if !line_start {
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b".\r\n");
+    out
+}
+
+fn message(from: &str, to: &str) -> Vec<u8> {
     let date = humantime::format_rfc3339_seconds(SystemTime::now());
     format!(
         "From: graph-relay test <{from}>\r\nTo: <{to}>\r\nSubject: graph-relay test message\r\n\
          Date: {date}\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n\
          This is a test message sent by `graph-relay send-test` at {date}.\r\n\
-         If you can read it, SMTP -> graph-relay -> Microsoft Graph works.\r\n.\r\n"
+         If you can read it, SMTP -> graph-relay -> Microsoft Graph works.\r\n"
     )
+    .into_bytes()
 }
 
 /// Reads one (possibly multi-line) reply and checks its class.
@@ -89,5 +148,19 @@ async fn expect<R: tokio::io::AsyncBufRead + Unpin>(
         Ok(reply)
     } else {
         Err(SendTestError::Refused { stage, reply })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_starting_with_a_dot_are_doubled_and_the_end_is_marked() {
+        assert_eq!(
+            dot_stuffed(b".a\r\nb\r\n.\r\n..c"),
+            b"..a\r\nb\r\n..\r\n...c\r\n.\r\n".to_vec()
+        );
+        assert_eq!(dot_stuffed(b""), b".\r\n".to_vec());
     }
 }
