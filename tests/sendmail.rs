@@ -305,16 +305,20 @@ async fn a_sendmail_symlink_takes_sendmail_arguments_and_the_config_from_the_env
     assert!(eml.contains("Subject: via symlink\r\n"), "{eml}");
 }
 
-#[tokio::test]
-async fn dash_bs_speaks_smtp_on_stdin_and_stdout() {
-    let s = spooled("");
-    let mut child = Command::new(BIN)
-        .args(["--config", s.config.to_str().unwrap(), "sendmail", "-bs"])
+/// One transaction with `graph-relay --config CONFIG sendmail -bs` over its stdin/stdout (as
+/// `uid` when given): EHLO (no AUTH or STARTTLS offered), MAIL, RCPT, DATA, QUIT; the command
+/// must then exit 0. Returns the reply to the end of DATA.
+async fn bs_transaction(config: &Path, uid: Option<u32>, data: &[u8]) -> String {
+    let mut command = Command::new(BIN);
+    command
+        .args(["--config", config.to_str().unwrap(), "sendmail", "-bs"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+        .kill_on_drop(true);
+    if let Some(uid) = uid {
+        command.uid(uid).gid(uid);
+    }
+    let mut child = command.spawn().unwrap();
     let mut stdin = child.stdin.take().unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let mut reply = async || {
@@ -344,9 +348,8 @@ async fn dash_bs_speaks_smtp_on_stdin_and_stdout() {
     assert!(reply().await.starts_with("250"));
     say(b"DATA\r\n").await;
     assert!(reply().await.starts_with("354"));
-    say(b"Subject: bs\r\n\r\n..dot-stuffed\r\n.\r\n").await;
+    say(data).await;
     let queued_reply = reply().await;
-    assert!(queued_reply.starts_with("250"), "{queued_reply}");
     say(b"QUIT\r\n").await;
     assert!(reply().await.starts_with("221"));
     let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
@@ -354,9 +357,22 @@ async fn dash_bs_speaks_smtp_on_stdin_and_stdout() {
         .unwrap()
         .unwrap();
     assert!(status.success(), "{status:?}");
+    queued_reply
+}
+
+#[tokio::test]
+async fn dash_bs_speaks_smtp_on_stdin_and_stdout() {
+    let s = spooled("");
+    let reply = bs_transaction(
+        &s.config,
+        None,
+        b"Subject: bs\r\n\r\n..dot-stuffed\r\n.\r\n",
+    )
+    .await;
+    assert!(reply.starts_with("250"), "{reply}");
     let (record, eml) = the_one(&s.queue_dir);
     let id = record["id"].as_str().unwrap();
-    assert!(queued_reply.contains(id), "{queued_reply} names {id}");
+    assert!(reply.contains(id), "{reply} names {id}");
     assert_eq!(record["envelope"]["mail_from"], "app@contoso.test");
     assert_eq!(rcpt_to(&record), ["bob@example.org"]);
     assert_eq!(eml, "Subject: bs\r\n\r\n.dot-stuffed\r\n");
@@ -469,6 +485,21 @@ async fn php_as_www_data_cannot_write_the_spool_and_submits_over_smtp() {
         sent[0].all_recipients(),
         ["alice@example.org", "bob@example.org"]
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dash_bs_as_another_user_passes_each_message_to_the_relay_over_smtp() {
+    if !is_root() {
+        eprintln!("skipped: running as another user needs root");
+        return;
+    }
+    let s = serving().await;
+    let data = b"From: relay@contoso.test\r\nSubject: bs relayed\r\n\r\nhello\r\n.\r\n";
+    let reply = bs_transaction(&s.config, Some(NOBODY), data).await;
+    assert!(reply.starts_with("250"), "{reply}");
+    let sent = s.ms.wait_for_sent(1, DELIVERY).await;
+    assert_eq!(sent[0].subject().as_deref(), Some("bs relayed"));
+    assert_eq!(sent[0].bcc(), ["bob@example.org"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

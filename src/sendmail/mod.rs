@@ -465,6 +465,34 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn a_tmp_file_removed_mid_commit_fails_the_command_and_queues_nothing()
+    -> crate::TestResult {
+        let dir = tempfile::tempdir()?;
+        // What serve's start-up scan does to tmp/ while the command writes there: the message
+        // file goes before the record is written.
+        let hook: crate::spool::WriteHook = Arc::new(|path: &Path| {
+            if path.extension().is_some_and(|e| e == "json") {
+                std::fs::remove_file(path.with_extension("eml"))?;
+            }
+            Ok(())
+        });
+        let spool = Spool::open(dir.path())?.with_write_hook(hook);
+        let route = Route::Spool(Ingest::without_delivery(spool, Arc::new(SystemClock)));
+        let config = Config::from_layers(None, &[])?;
+        let inv = args::parse(&["a@x.example".into()])?;
+        let result = deliver(&inv, &config, b"Subject: s\r\n\r\nb\r\n", route).await;
+        let err = result
+            .err()
+            .ok_or("a commit whose tmp file vanished succeeded")?;
+        assert_eq!(err.exit_code(), sysexits::EX_TEMPFAIL, "{err}");
+        for area in ["queue", "tmp"] {
+            let left: Vec<_> = std::fs::read_dir(dir.path().join(area))?.collect();
+            assert!(left.is_empty(), "{area}: {left:?}");
+        }
+        Ok(())
+    }
+
     #[test]
     fn full_names_are_quoted() {
         assert_eq!(quoted("Web \"Site\""), "\"Web \\\"Site\\\"\"");
