@@ -48,24 +48,27 @@ pub async fn submit(
     to: &[String],
     message: &[u8],
 ) -> Result<String, SendTestError> {
-    tokio::time::timeout(TIMEOUT, exchange(server, helo, from, to, message))
+    let exchange = async {
+        let stream = TcpStream::connect(server)
+            .await
+            .map_err(|source| SendTestError::Connect {
+                server: server.to_string(),
+                source,
+            })?;
+        dialogue(stream, helo, from, to, message).await
+    };
+    tokio::time::timeout(TIMEOUT, exchange)
         .await
         .map_err(|_| SendTestError::Timeout(TIMEOUT))?
 }
 
-async fn exchange(
-    server: &str,
+async fn dialogue(
+    stream: TcpStream,
     helo: &str,
     from: &str,
     to: &[String],
     message: &[u8],
 ) -> Result<String, SendTestError> {
-    let stream = TcpStream::connect(server)
-        .await
-        .map_err(|source| SendTestError::Connect {
-            server: server.to_string(),
-            source,
-        })?;
     let (read, mut write) = stream.into_split();
     let mut read = BufReader::new(read);
     expect(&mut read, "greeting", '2').await?;
