@@ -257,12 +257,14 @@ async fn smtp_session(config: &Config) -> Result<(), SendmailError> {
     let mut settings = SmtpSettings::from_config(config);
     settings.require_auth = false;
     settings.users.clear();
+    // The session's peer is this host, whatever networks the relay lets in over TCP.
+    let peer = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
+    settings.allowed_networks.push(peer.ip().into());
     let sink: Box<dyn MessageSink> = match route(config) {
         Route::Spool(ingest) => Box::new(ingest),
         Route::Relay(forward) => Box::new(forward),
     };
     let stream = tokio::io::join(tokio::io::stdin(), tokio::io::stdout());
-    let peer = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
     smtp::serve_connection(
         stream,
         peer,
