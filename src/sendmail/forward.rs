@@ -61,13 +61,16 @@ impl Forward {
 
     /// What a failed submission means for the caller.
     fn refused(&self, e: SendTestError) -> SendmailError {
+        // A 5.7.x enhanced code is a policy refusal, whatever the basic code.
+        let policy = matches!(&e, SendTestError::Refused { reply, .. }
+            if reply.get(3..).is_some_and(|r| r.trim_start().starts_with("5.7.")));
         let why = format!("the relay at {} (smtp.listen): {e}", self.server);
         match e.reply_code() {
             // Not listening, cut off, timed out, or a 4xx: the relay may take it later.
             None | Some(400..=499) => SendmailError::TempFail(why),
             // Authentication required or refused, or a policy refusal (5.7.x).
             Some(530 | 535) => SendmailError::NoPerm(why),
-            Some(_) if e.to_string().contains(" 5.7.") => SendmailError::NoPerm(why),
+            Some(_) if policy => SendmailError::NoPerm(why),
             // Too big, or mail that can never be converted.
             Some(552 | 554) => SendmailError::Rejected(why),
             Some(_) => SendmailError::Unavailable(why),
@@ -90,5 +93,37 @@ impl MessageSink for Forward {
             Err(SendmailError::TempFail(why)) => Err(AcceptError::Unavailable(why)),
             Err(e) => Err(AcceptError::Rejected(e.to_string())),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sendmail::sysexits::*;
+
+    #[test]
+    fn refusals_map_to_what_the_caller_should_do() {
+        let forward = Forward::new(SocketAddr::from(([0, 0, 0, 0], 2525)), "h".into());
+        assert_eq!(forward.server(), SocketAddr::from(([127, 0, 0, 1], 2525)));
+        let refused = |reply: &str| {
+            forward
+                .refused(SendTestError::Refused {
+                    stage: "MAIL FROM",
+                    reply: reply.into(),
+                })
+                .exit_code()
+        };
+        assert_eq!(refused("451 4.3.0 Queue unavailable"), EX_TEMPFAIL);
+        assert_eq!(refused("452 4.3.1 Insufficient storage"), EX_TEMPFAIL);
+        assert_eq!(refused("530 5.7.0 Authentication required"), EX_NOPERM);
+        assert_eq!(refused("554 5.7.1 Access denied"), EX_NOPERM);
+        assert_eq!(refused("552 5.3.4 Message too big"), EX_DATAERR);
+        assert_eq!(refused("554 5.6.0 Message rejected: x"), EX_DATAERR);
+        assert_eq!(refused("550 5.1.1 No"), EX_UNAVAILABLE);
+        let down = SendTestError::Connect {
+            server: "127.0.0.1:2525".into(),
+            source: std::io::ErrorKind::ConnectionRefused.into(),
+        };
+        assert_eq!(forward.refused(down).exit_code(), EX_TEMPFAIL);
     }
 }
