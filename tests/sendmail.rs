@@ -66,7 +66,7 @@ async fn run_as(
         .stderr(Stdio::piped())
         .kill_on_drop(true);
     if let Some(uid) = uid {
-        command.uid(uid).gid(uid);
+        as_user(&mut command, uid);
     }
     let mut child = command.spawn().expect("spawn");
     let mut stdin = child.stdin.take().unwrap();
@@ -129,6 +129,24 @@ fn rcpt_to(record: &Value) -> Vec<&str> {
 fn is_root() -> bool {
     // SAFETY: geteuid cannot fail and touches no memory.
     unsafe { libc::geteuid() == 0 }
+}
+
+/// Runs the child as `uid` from `/`: the checkout it is started from may be closed to others.
+fn as_user(command: &mut Command, uid: u32) {
+    command.uid(uid).gid(uid).current_dir("/");
+}
+
+/// The binary at a path in `dir` (made world-traversable) that any user can run: the build's
+/// own path may be under a home directory other users cannot enter. A hard link where it can
+/// be, since a copy just written can fail to exec (ETXTBSY) while other tests fork.
+fn runnable_by_anyone(dir: &Path) -> PathBuf {
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let bin = dir.join("graph-relay");
+    if std::fs::hard_link(BIN, &bin).is_err() {
+        std::fs::copy(BIN, &bin).unwrap();
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    bin
 }
 
 #[tokio::test]
@@ -308,15 +326,15 @@ async fn a_sendmail_symlink_takes_sendmail_arguments_and_the_config_from_the_env
 /// One transaction with `graph-relay --config CONFIG sendmail -bs` over its stdin/stdout (as
 /// `uid` when given): EHLO (no AUTH or STARTTLS offered), MAIL, RCPT, DATA, QUIT; the command
 /// must then exit 0. Returns the reply to the end of DATA.
-async fn bs_transaction(config: &Path, uid: Option<u32>, data: &[u8]) -> String {
-    let mut command = Command::new(BIN);
+async fn bs_transaction(bin: &Path, config: &Path, uid: Option<u32>, data: &[u8]) -> String {
+    let mut command = Command::new(bin);
     command
         .args(["--config", config.to_str().unwrap(), "sendmail", "-bs"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .kill_on_drop(true);
     if let Some(uid) = uid {
-        command.uid(uid).gid(uid);
+        as_user(&mut command, uid);
     }
     let mut child = command.spawn().unwrap();
     let mut stdin = child.stdin.take().unwrap();
@@ -365,6 +383,7 @@ async fn dash_bs_speaks_smtp_on_stdin_and_stdout() {
     // The session is local whatever networks the relay lets in over TCP.
     let s = spooled("allowed_networks = [\"10.0.0.0/8\"]\n");
     let reply = bs_transaction(
+        Path::new(BIN),
         &s.config,
         None,
         b"Subject: bs\r\n\r\n..dot-stuffed\r\n.\r\n",
@@ -384,7 +403,7 @@ async fn dash_bs_speaks_smtp_on_stdin_and_stdout() {
 struct Serving {
     ms: FakeMicrosoft,
     relay: TestRelay,
-    _config_dir: tempfile::TempDir,
+    config_dir: tempfile::TempDir,
     config: PathBuf,
 }
 
@@ -404,7 +423,7 @@ async fn serving() -> Serving {
     Serving {
         ms,
         relay,
-        _config_dir: config_dir,
+        config_dir,
         config,
     }
 }
@@ -432,8 +451,12 @@ async fn mail_left_in_the_spool_is_delivered_by_the_running_relay() {
 
 /// `php -r 'mail(...)'` with `sendmail_path` pointing at the command, as the user given (None:
 /// this one). Returns what PHP printed: `true` when mail() saw exit 0.
-async fn php_mail(config: &Path, uid: Option<u32>) -> String {
-    let sendmail_path = format!("{BIN} --config {} sendmail -t -i", config.display());
+async fn php_mail(bin: &Path, config: &Path, uid: Option<u32>) -> String {
+    let sendmail_path = format!(
+        "{} --config {} sendmail -t -i",
+        bin.display(),
+        config.display()
+    );
     let script = r#"var_export(mail("alice@example.org", "PHP subject", "Hello from PHP.\nSecond line.", "From: shop@contoso.test\r\nCc: bob@example.org"));"#;
     let out = run_as(
         Path::new("php"),
@@ -456,7 +479,7 @@ async fn php_mail(config: &Path, uid: Option<u32>) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn php_mail_through_sendmail_path_is_delivered() {
     let s = serving().await;
-    assert_eq!(php_mail(&s.config, None).await, "true");
+    assert_eq!(php_mail(Path::new(BIN), &s.config, None).await, "true");
     let sent = s.ms.wait_for_sent(1, DELIVERY).await;
     assert_eq!(sent[0].subject().as_deref(), Some("PHP subject"));
     assert_eq!(sent[0].to(), ["alice@example.org"]);
@@ -478,7 +501,15 @@ async fn php_as_www_data_cannot_write_the_spool_and_submits_over_smtp() {
         return;
     }
     let s = serving().await;
-    assert_eq!(php_mail(&s.config, Some(WWW_DATA)).await, "true");
+    assert_eq!(
+        php_mail(
+            &runnable_by_anyone(s.config_dir.path()),
+            &s.config,
+            Some(WWW_DATA)
+        )
+        .await,
+        "true"
+    );
     // Accepted over SMTP: the relay delivers at once, no rescan needed.
     let sent = s.ms.wait_for_sent(1, DELIVERY).await;
     assert_eq!(sent[0].subject().as_deref(), Some("PHP subject"));
@@ -496,7 +527,8 @@ async fn dash_bs_as_another_user_passes_each_message_to_the_relay_over_smtp() {
     }
     let s = serving().await;
     let data = b"From: relay@contoso.test\r\nSubject: bs relayed\r\n\r\nhello\r\n.\r\n";
-    let reply = bs_transaction(&s.config, Some(NOBODY), data).await;
+    let bin = runnable_by_anyone(s.config_dir.path());
+    let reply = bs_transaction(&bin, &s.config, Some(NOBODY), data).await;
     assert!(reply.starts_with("250"), "{reply}");
     let sent = s.ms.wait_for_sent(1, DELIVERY).await;
     assert_eq!(sent[0].subject().as_deref(), Some("bs relayed"));
@@ -510,7 +542,7 @@ async fn another_users_spool_with_no_relay_listening_is_a_temporary_failure() {
         return;
     }
     let s = spooled("");
-    std::fs::set_permissions(s.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let bin = runnable_by_anyone(s.dir.path());
     std::fs::set_permissions(&s.config, std::fs::Permissions::from_mode(0o644)).unwrap();
     // A port nothing listens on.
     let closed = std::net::TcpListener::bind("127.0.0.1:0")
@@ -525,14 +557,7 @@ async fn another_users_spool_with_no_relay_listening_is_a_temporary_failure() {
     ];
     let env = [("GRAPH_RELAY__SMTP__LISTEN", closed.to_string())];
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let out = run_as(
-        Path::new(BIN),
-        &args,
-        b"Subject: x\n\ny\n",
-        &env,
-        Some(NOBODY),
-    )
-    .await;
+    let out = run_as(&bin, &args, b"Subject: x\n\ny\n", &env, Some(NOBODY)).await;
     assert_exit(&out, 75);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
