@@ -6,7 +6,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use async_trait::async_trait;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
@@ -16,12 +15,13 @@ use tracing::{error, info, warn};
 use crate::auth::{TokenSource, Tokens};
 use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, Flow};
-use crate::convert::{ConvertOptions, precheck};
+use crate::convert::ConvertOptions;
 use crate::deliver::backoff::Backoff;
 use crate::deliver::{GraphStats, GraphTransport, Outbox, QueueManager, RetryPolicy, Transport};
+use crate::ingest::Ingest;
 use crate::notify::{Notice, Notifier};
-use crate::smtp::{self, AcceptError, MessageSink, SmtpSettings};
-use crate::spool::{Envelope, QueueId, Spool, SpoolError, WriteHook};
+use crate::smtp::{self, MessageSink, SmtpSettings};
+use crate::spool::{Spool, SpoolError, WriteHook};
 use crate::status::Counters;
 use crate::status::http::{self as status_http, StatusContext};
 
@@ -174,12 +174,12 @@ pub async fn start(config: Config, opts: StartOptions) -> Result<Running, AppErr
     let shutdown = CancellationToken::new();
     let mut tasks = JoinSet::new();
 
-    let sink: Arc<dyn MessageSink> = Arc::new(Ingest {
-        spool: spool.clone(),
-        clock: opts.clock.clone(),
-        counters: counters.clone(),
-        manager: manager.clone(),
-    });
+    let sink: Arc<dyn MessageSink> = Arc::new(Ingest::new(
+        spool.clone(),
+        opts.clock.clone(),
+        counters.clone(),
+        manager.clone(),
+    ));
     let settings =
         Arc::new(SmtpSettings::try_from_config(&config).map_err(|e| AppError::Tls(e.to_string()))?);
     let mut smtp_addrs = Vec::new();
@@ -377,91 +377,11 @@ pub fn convert_options(config: &Config) -> ConvertOptions {
     }
 }
 
-/// The SMTP sink of `serve`: refuses mail that can never be converted, commits the rest to the
-/// spool, and wakes delivery.
-struct Ingest {
-    spool: Spool,
-    clock: Arc<dyn Clock>,
-    counters: Arc<Counters>,
-    manager: Arc<QueueManager>,
-}
-
-/// Free space the spool keeps in reserve: MAIL gets `452 4.3.1` when less than this (plus the
-/// declared SIZE) is left, so a nearly full disk refuses mail before DATA, not after it.
-const SPOOL_MIN_FREE: u64 = 64 * 1024;
-
-/// Bytes available to an unprivileged process on the file system holding `path`.
-fn free_bytes(path: &std::path::Path) -> std::io::Result<u64> {
-    use std::os::unix::ffi::OsStrExt;
-    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-    // SAFETY: statvfs is plain old data; zeroed is a valid value, and the call only writes it.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: c_path is NUL-terminated and st is a valid, writable statvfs.
-    if unsafe { libc::statvfs(c_path.as_ptr(), &mut st) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    #[allow(clippy::unnecessary_cast)] // the field types differ between platforms
-    Ok((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
-}
-
-#[async_trait]
-impl MessageSink for Ingest {
-    /// Room for the declared size plus `SPOOL_MIN_FREE`, by `statvfs` on the spool directory.
-    /// When the check itself fails, the mail is let through: the commit reports real errors.
-    async fn check_space(&self, declared: Option<u64>) -> Result<(), AcceptError> {
-        let root = self.spool.root().to_path_buf();
-        let free = match tokio::task::spawn_blocking(move || free_bytes(&root)).await {
-            Ok(Ok(free)) => free,
-            Ok(Err(e)) => {
-                warn!(error = %e, "cannot tell the spool's free space");
-                return Ok(());
-            }
-            Err(_) => return Ok(()),
-        };
-        let needed = declared.unwrap_or(0).saturating_add(SPOOL_MIN_FREE);
-        if free < needed {
-            error!(
-                free,
-                needed, "spool disk nearly full: answering 452 at MAIL until space returns"
-            );
-            return Err(AcceptError::NoSpace(format!(
-                "{free} bytes free in the spool, {needed} needed"
-            )));
-        }
-        Ok(())
-    }
-
-    async fn accept(&self, envelope: Envelope, message: Vec<u8>) -> Result<QueueId, AcceptError> {
-        precheck(&message).map_err(|e| AcceptError::Rejected(e.to_string()))?;
-        let spool = self.spool.clone();
-        let now = self.clock.now();
-        let committed = tokio::task::spawn_blocking(move || spool.commit(&envelope, &message, now))
-            .await
-            .map_err(|e| AcceptError::Unavailable(e.to_string()))?;
-        match committed {
-            Ok(record) => {
-                self.counters.received();
-                let id = record.id.clone();
-                self.manager.submit(record);
-                Ok(id)
-            }
-            Err(SpoolError::NoSpace(e)) => {
-                error!(error = %e, "spool disk full: answering 452 until space returns");
-                Err(AcceptError::NoSpace(e.to_string()))
-            }
-            Err(e) => {
-                error!(error = %e, "cannot commit to the spool: answering 451");
-                Err(AcceptError::Unavailable(e.to_string()))
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::auth::{AccessToken, StatusCell, TokenError, TokenState, TokenStatus};
+    use async_trait::async_trait;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     struct Counting {

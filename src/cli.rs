@@ -36,6 +36,18 @@ pub enum Command {
     /// Hash an SMTP AUTH password (argon2id) for `smtp.users`; prints the hash to paste into
     /// relay.toml as `NAME = { password_hash = "..." }`.
     Passwd(PasswdArgs),
+    /// The sendmail interface for PHP mail(), cron and other programs (also what the binary
+    /// does when run as `sendmail`): reads a message from stdin and queues it. Takes sendmail's
+    /// options (-t, -i, -f, -F, -bs, ...); see README "sendmail interface".
+    #[command(disable_help_flag = true)]
+    Sendmail(SendmailArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SendmailArgs {
+    /// Sendmail options and recipients, read as sendmail reads them.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub args: Vec<std::ffi::OsString>,
 }
 
 #[derive(Debug, Args)]

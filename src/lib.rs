@@ -11,10 +11,12 @@ pub mod deliver;
 pub mod outbound;
 pub mod notify;
 pub mod status;
+pub mod ingest;
 pub mod app;
 pub mod cli;
 pub mod send_test;
 pub mod check;
+pub mod sendmail;
 
 /// What a unit test returns, so setup failures use `?` instead of panicking unwraps.
 #[cfg(test)]

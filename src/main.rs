@@ -1,7 +1,9 @@
 //! CLI entry: parses the command line, sets up logging, runs one command and turns its outcome
 //! into an exit code. The only place that uses `anyhow`.
 
+use std::ffi::OsString;
 use std::io::{IsTerminal, Write as _};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::SystemTime;
 
@@ -14,31 +16,33 @@ use std::sync::Arc;
 
 use graph_relay::auth;
 use graph_relay::cli::{
-    AuthCommand, CheckArgs, Cli, Command, PasswdArgs, QueueCommand, SendTestArgs, ServeArgs,
+    AuthCommand, CheckArgs, Cli, Command, PasswdArgs, QueueCommand, SendTestArgs, SendmailArgs,
+    ServeArgs,
 };
 use graph_relay::clock::SystemClock;
 use graph_relay::config::{Config, ConfigError, Flow, Source};
 use graph_relay::send_test;
+use graph_relay::sendmail;
 use graph_relay::spool::{QueueId, Spool, SpoolError, list_line};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let argv: Vec<OsString> = std::env::args_os().collect();
+    let cli = match argv.first() {
+        // A `sendmail` symlink: every argument is sendmail's, none is ours.
+        Some(argv0) if sendmail::invoked_as_sendmail(argv0) => Cli {
+            config: None,
+            command: Command::Sendmail(SendmailArgs {
+                args: argv[1..].to_vec(),
+            }),
+        },
+        _ => Cli::parse_from(argv),
+    };
+    if let Command::Sendmail(args) = &cli.command {
+        return sendmail_command(cli.config.clone(), &args.args);
+    }
+    init_logging("info");
+    let Some(runtime) = runtime() else {
+        return ExitCode::FAILURE;
     };
     match runtime.block_on(run(cli)) {
         Ok(code) => code,
@@ -46,6 +50,59 @@ fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+fn init_logging(default_level: &str) {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level)),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
+
+fn runtime() -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => Some(runtime),
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            None
+        }
+    }
+}
+
+/// `graph-relay sendmail ...` or the binary run as `sendmail`: quiet unless something fails
+/// (cron mails whatever a job prints) or `-v`; the exit code is a sysexits code.
+fn sendmail_command(config: Option<PathBuf>, args: &[OsString]) -> ExitCode {
+    let fail = |e: sendmail::SendmailError| {
+        eprintln!("sendmail: {e}");
+        ExitCode::from(e.exit_code())
+    };
+    let inv = match sendmail::args::parse(args) {
+        Ok(inv) => inv,
+        Err(e) => return fail(e.into()),
+    };
+    init_logging(if inv.verbose { "info" } else { "warn" });
+    let source = sendmail::config_source(
+        config.or_else(|| inv.config.clone()),
+        std::env::var_os(sendmail::CONFIG_ENV),
+        Path::new(sendmail::SYSTEM_CONFIG).exists(),
+    );
+    let config = match Config::load(&source) {
+        Ok(config) => config,
+        Err(e) => return fail(e.into()),
+    };
+    let Some(runtime) = runtime() else {
+        return ExitCode::from(sendmail::sysexits::EX_SOFTWARE);
+    };
+    match runtime.block_on(sendmail::run(inv, &config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(e),
     }
 }
 
@@ -63,7 +120,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     let config = load(&source)?;
     match cli.command {
         Command::Serve(args) => serve(config, args, &source).await,
-        Command::Check(_) | Command::Passwd(_) => unreachable!("handled above"),
+        Command::Check(_) | Command::Passwd(_) | Command::Sendmail(_) => {
+            unreachable!("handled above")
+        }
         Command::Auth(AuthCommand::Login) => login(config).await,
         Command::Auth(AuthCommand::Status) => auth_status(config).await,
         Command::Queue(command) => queue(config, command),
@@ -385,16 +444,14 @@ async fn send(config: Config, args: SendTestArgs) -> Result<ExitCode> {
         CertificateDer::pem_file_iter(path).ok()?.next()?.ok()
     });
     let hostname = config.hostname();
-    let reply = send_test::send(&send_test::SendTest {
+    let relay = send_test::SendTest {
         server: &server,
         helo: &hostname,
-        from: &from,
-        to: &args.to,
         login: args.user.as_deref().zip(password.as_deref()),
         starttls: !args.no_starttls,
         relay_certificate,
-    })
-    .await?;
+    };
+    let reply = send_test::send(&relay, &from, &args.to).await?;
     println!("{reply}");
     Ok(if reply.starts_with("250") {
         ExitCode::SUCCESS

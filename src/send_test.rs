@@ -1,7 +1,8 @@
-//! `graph-relay send-test`: a minimal SMTP client that sends one test message to the running
-//! relay, like WP Mail SMTP's "Email Test". Upgrades to STARTTLS when offered (as PHPMailer's
-//! Auto TLS does) and logs in with AUTH PLAIN when asked to, so a relay with `require_auth` can
-//! be tested. Returns the server's final reply; never retries, never prints the password.
+//! A minimal SMTP client for the running relay: `graph-relay send-test` sends one test message
+//! through it (like WP Mail SMTP's "Email Test"), and the sendmail command submits through it
+//! when it cannot write the spool itself. Upgrades to STARTTLS when offered (as PHPMailer's Auto
+//! TLS does) and logs in with AUTH PLAIN when asked to, so a relay with `require_auth` can be
+//! tested. Returns the server's final reply; never retries, never prints the password.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -39,15 +40,23 @@ pub enum SendTestError {
     NoAuth(String),
 }
 
+impl SendTestError {
+    /// The SMTP reply code of a refusal (`530`, `452`, ...); `None` when no reply came.
+    pub fn reply_code(&self) -> Option<u16> {
+        match self {
+            SendTestError::Refused { reply, .. } => reply.get(..3)?.parse().ok(),
+            _ => None,
+        }
+    }
+}
+
 const TIMEOUT: Duration = Duration::from_secs(30);
 
-/// What to send and how.
+/// How to reach the relay.
 pub struct SendTest<'a> {
     /// `host:port` of the relay.
     pub server: &'a str,
     pub helo: &'a str,
-    pub from: &'a str,
-    pub to: &'a str,
     /// SMTP AUTH user and password.
     pub login: Option<(&'a str, &'a str)>,
     /// Upgrade to TLS when the relay offers STARTTLS.
@@ -56,14 +65,34 @@ pub struct SendTest<'a> {
     pub relay_certificate: Option<CertificateDer<'static>>,
 }
 
+/// One message and its envelope.
+struct Mail<'a> {
+    from: &'a str,
+    to: &'a [String],
+    /// CRLF line endings, not yet dot-stuffed.
+    message: &'a [u8],
+}
+
 /// Sends the test message; returns the reply to the end of DATA (`250 ...` when queued).
-pub async fn send(test: &SendTest<'_>) -> Result<String, SendTestError> {
-    tokio::time::timeout(TIMEOUT, exchange(test))
+pub async fn send(test: &SendTest<'_>, from: &str, to: &str) -> Result<String, SendTestError> {
+    submit(test, from, &[to.to_string()], &message(from, to)).await
+}
+
+/// Submits one message (CRLF line endings, not yet dot-stuffed); returns the reply to the end of
+/// DATA, which the relay gives only once the message is durable in its spool.
+pub async fn submit(
+    test: &SendTest<'_>,
+    from: &str,
+    to: &[String],
+    message: &[u8],
+) -> Result<String, SendTestError> {
+    let mail = Mail { from, to, message };
+    tokio::time::timeout(TIMEOUT, exchange(test, &mail))
         .await
         .map_err(|_| SendTestError::Timeout(TIMEOUT))?
 }
 
-async fn exchange(test: &SendTest<'_>) -> Result<String, SendTestError> {
+async fn exchange(test: &SendTest<'_>, mail: &Mail<'_>) -> Result<String, SendTestError> {
     let stream =
         TcpStream::connect(test.server)
             .await
@@ -75,7 +104,7 @@ async fn exchange(test: &SendTest<'_>) -> Result<String, SendTestError> {
     plain.reply("greeting", '2').await?;
     let ehlo = plain.ehlo(test.helo).await?;
     if !(test.starttls && offers(&ehlo, "STARTTLS")) {
-        return transaction(&mut plain, &ehlo, test).await;
+        return transaction(&mut plain, &ehlo, test, mail).await;
     }
     plain.command("STARTTLS\r\n", "STARTTLS", '2').await?;
     // Whatever the server sent after its 220 is dropped with the buffer (STARTTLS injection).
@@ -86,7 +115,7 @@ async fn exchange(test: &SendTest<'_>) -> Result<String, SendTestError> {
         .map_err(|e| SendTestError::Tls(e.to_string()))?;
     let mut secure = Smtp(BufReader::new(tls));
     let ehlo = secure.ehlo(test.helo).await?;
-    transaction(&mut secure, &ehlo, test).await
+    transaction(&mut secure, &ehlo, test, mail).await
 }
 
 /// AUTH (when asked), then one message, then QUIT.
@@ -94,6 +123,7 @@ async fn transaction<S: AsyncRead + AsyncWrite + Unpin>(
     smtp: &mut Smtp<S>,
     ehlo: &[String],
     test: &SendTest<'_>,
+    mail: &Mail<'_>,
 ) -> Result<String, SendTestError> {
     if let Some((user, password)) = test.login {
         if !auth_mechanisms(ehlo).any(|m| m.eq_ignore_ascii_case("PLAIN")) {
@@ -106,28 +136,55 @@ async fn transaction<S: AsyncRead + AsyncWrite + Unpin>(
         }
         let credentials =
             base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{password}"));
-        smtp.command(&format!("AUTH PLAIN {credentials}\r\n"), "AUTH", '2')
+        smtp.command(format!("AUTH PLAIN {credentials}\r\n"), "AUTH", '2')
             .await?;
     }
-    let (from, to) = (test.from, test.to);
-    smtp.command(&format!("MAIL FROM:<{from}>\r\n"), "MAIL FROM", '2')
+    let utf8 = std::iter::once(mail.from)
+        .chain(mail.to.iter().map(String::as_str))
+        .any(|a| !a.is_ascii());
+    let utf8 = if utf8 { " SMTPUTF8" } else { "" };
+    let from = mail.from;
+    smtp.command(format!("MAIL FROM:<{from}>{utf8}\r\n"), "MAIL FROM", '2')
         .await?;
-    smtp.command(&format!("RCPT TO:<{to}>\r\n"), "RCPT TO", '2')
-        .await?;
+    for to in mail.to {
+        smtp.command(format!("RCPT TO:<{to}>\r\n"), "RCPT TO", '2')
+            .await?;
+    }
     smtp.command("DATA\r\n", "DATA", '3').await?;
-    let reply = smtp.command(&message(from, to), "end of DATA", '2').await?;
+    let reply = smtp
+        .command(dot_stuffed(mail.message), "end of DATA", '2')
+        .await?;
     let _ = smtp.command("QUIT\r\n", "QUIT", '2').await;
     Ok(reply.join(" "))
 }
 
-fn message(from: &str, to: &str) -> String {
+/// The DATA payload: a leading dot on any line doubled (RFC 5321 4.5.2), then `.` alone.
+fn dot_stuffed(message: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(message.len() + message.len() / 64 + 5);
+    let mut line_start = true;
+    for &b in message {
+        if line_start && b == b'.' {
+            out.push(b'.');
+        }
+        out.push(b);
+        line_start = b == b'\n';
+    }
+    if !line_start {
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b".\r\n");
+    out
+}
+
+fn message(from: &str, to: &str) -> Vec<u8> {
     let date = humantime::format_rfc3339_seconds(SystemTime::now());
     format!(
         "From: graph-relay test <{from}>\r\nTo: <{to}>\r\nSubject: graph-relay test message\r\n\
          Date: {date}\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n\
          This is a test message sent by `graph-relay send-test` at {date}.\r\n\
-         If you can read it, SMTP -> graph-relay -> Microsoft Graph works.\r\n.\r\n"
+         If you can read it, SMTP -> graph-relay -> Microsoft Graph works.\r\n"
     )
+    .into_bytes()
 }
 
 /// Whether an EHLO reply lists `keyword` (its lines after the first are `250-KEYWORD params`).
@@ -157,16 +214,16 @@ struct Smtp<S>(BufReader<S>);
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Smtp<S> {
     async fn ehlo(&mut self, helo: &str) -> Result<Vec<String>, SendTestError> {
-        self.command(&format!("EHLO {helo}\r\n"), "EHLO", '2').await
+        self.command(format!("EHLO {helo}\r\n"), "EHLO", '2').await
     }
 
     async fn command(
         &mut self,
-        line: &str,
+        line: impl AsRef<[u8]>,
         stage: &'static str,
         class: char,
     ) -> Result<Vec<String>, SendTestError> {
-        self.0.get_mut().write_all(line.as_bytes()).await?;
+        self.0.get_mut().write_all(line.as_ref()).await?;
         self.reply(stage, class).await
     }
 
@@ -332,6 +389,15 @@ mod tests {
         );
         // The greeting line's text is not a keyword.
         assert!(!offers(&ehlo(&["250 STARTTLS"]), "STARTTLS"));
+    }
+
+    #[test]
+    fn lines_starting_with_a_dot_are_doubled_and_the_end_is_marked() {
+        assert_eq!(
+            dot_stuffed(b".a\r\nb\r\n.\r\n..c"),
+            b"..a\r\nb\r\n..\r\n...c\r\n.\r\n".to_vec()
+        );
+        assert_eq!(dot_stuffed(b""), b".\r\n".to_vec());
     }
 
     #[test]

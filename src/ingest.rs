@@ -1,0 +1,127 @@
+//! Taking mail in: the `MessageSink` that refuses mail which can never be converted, checks the
+//! spool's free space, commits the rest to the spool (fsynced before it answers) and wakes
+//! delivery. Never delivers or converts anything itself.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use tracing::{error, warn};
+
+use crate::clock::Clock;
+use crate::convert::precheck;
+use crate::deliver::QueueManager;
+use crate::smtp::{AcceptError, MessageSink};
+use crate::spool::{Envelope, QueueId, Spool, SpoolError};
+use crate::status::Counters;
+
+/// The SMTP sink of `serve`: refuses mail that can never be converted, commits the rest to the
+/// spool, and wakes delivery.
+pub struct Ingest {
+    spool: Spool,
+    clock: Arc<dyn Clock>,
+    counters: Arc<Counters>,
+    /// Woken with each new message; `None` in a process without delivery (the sendmail
+    /// command), whose mail the running serve finds at its next rescan of the spool.
+    manager: Option<Arc<QueueManager>>,
+}
+
+impl Ingest {
+    pub fn new(
+        spool: Spool,
+        clock: Arc<dyn Clock>,
+        counters: Arc<Counters>,
+        manager: Arc<QueueManager>,
+    ) -> Ingest {
+        Ingest {
+            spool,
+            clock,
+            counters,
+            manager: Some(manager),
+        }
+    }
+
+    /// An ingest that only commits: for the sendmail command, which writes the spool beside a
+    /// running serve (never taking its lock), as Postfix's postdrop writes the maildrop.
+    pub fn without_delivery(spool: Spool, clock: Arc<dyn Clock>) -> Ingest {
+        Ingest {
+            spool,
+            clock,
+            counters: Arc::default(),
+            manager: None,
+        }
+    }
+}
+
+/// Free space the spool keeps in reserve: MAIL gets `452 4.3.1` when less than this (plus the
+/// declared SIZE) is left, so a nearly full disk refuses mail before DATA, not after it.
+const SPOOL_MIN_FREE: u64 = 64 * 1024;
+
+/// Bytes available to an unprivileged process on the file system holding `path`.
+fn free_bytes(path: &std::path::Path) -> std::io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    // SAFETY: statvfs is plain old data; zeroed is a valid value, and the call only writes it.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: c_path is NUL-terminated and st is a valid, writable statvfs.
+    if unsafe { libc::statvfs(c_path.as_ptr(), &mut st) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    #[allow(clippy::unnecessary_cast)] // the field types differ between platforms
+    Ok((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+}
+
+#[async_trait]
+impl MessageSink for Ingest {
+    /// Room for the declared size plus `SPOOL_MIN_FREE`, by `statvfs` on the spool directory.
+    /// When the check itself fails, the mail is let through: the commit reports real errors.
+    async fn check_space(&self, declared: Option<u64>) -> Result<(), AcceptError> {
+        let root = self.spool.root().to_path_buf();
+        let free = match tokio::task::spawn_blocking(move || free_bytes(&root)).await {
+            Ok(Ok(free)) => free,
+            Ok(Err(e)) => {
+                warn!(error = %e, "cannot tell the spool's free space");
+                return Ok(());
+            }
+            Err(_) => return Ok(()),
+        };
+        let needed = declared.unwrap_or(0).saturating_add(SPOOL_MIN_FREE);
+        if free < needed {
+            error!(
+                free,
+                needed, "spool disk nearly full: answering 452 at MAIL until space returns"
+            );
+            return Err(AcceptError::NoSpace(format!(
+                "{free} bytes free in the spool, {needed} needed"
+            )));
+        }
+        Ok(())
+    }
+
+    async fn accept(&self, envelope: Envelope, message: Vec<u8>) -> Result<QueueId, AcceptError> {
+        precheck(&message).map_err(|e| AcceptError::Rejected(e.to_string()))?;
+        let spool = self.spool.clone();
+        let now = self.clock.now();
+        let committed = tokio::task::spawn_blocking(move || spool.commit(&envelope, &message, now))
+            .await
+            .map_err(|e| AcceptError::Unavailable(e.to_string()))?;
+        match committed {
+            Ok(record) => {
+                self.counters.received();
+                let id = record.id.clone();
+                if let Some(manager) = &self.manager {
+                    manager.submit(record);
+                }
+                Ok(id)
+            }
+            Err(SpoolError::NoSpace(e)) => {
+                error!(error = %e, "spool disk full: answering 452 until space returns");
+                Err(AcceptError::NoSpace(e.to_string()))
+            }
+            Err(e) => {
+                error!(error = %e, "cannot commit to the spool: answering 451");
+                Err(AcceptError::Unavailable(e.to_string()))
+            }
+        }
+    }
+}
