@@ -1,6 +1,18 @@
 //! Wires the parts together for `serve`: opens and recovers the spool, picks the token source
 //! and transport, binds the listeners (tests bind port 0 and read the addresses back), and owns
 //! shutdown. Holds no business logic of its own.
+//!
+//! `serve` first takes the spool lock ([`SpoolLock`]): a second serve on the same `queue.dir`
+//! exits before it has scanned, cleaned or bound anything.
+//!
+//! Dry run has a spool of its own, `<queue.dir>/dry-run/`: it "delivers" (to
+//! `<queue.dir>/outbox/`) only mail it received itself, and never reads, recovers or removes
+//! anything in the real `queue/` and `failed/`, which stay byte for byte as they were for the
+//! next real serve. The alternatives were worse: delivering the real queue to the outbox
+//! consumes mail that was promised to Graph; refusing to start on a non-empty queue still lets
+//! `sendmail` drop real mail into `queue/` during the run, and leaves what a killed dry run had
+//! accepted in the real queue, to be sent for real later. A dry run still takes the lock of
+//! `queue.dir`, so it never runs beside a real serve of the same spool.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -21,7 +33,7 @@ use crate::deliver::backoff::Backoff;
 use crate::deliver::{GraphStats, GraphTransport, Outbox, QueueManager, RetryPolicy, Transport};
 use crate::notify::{Notice, Notifier};
 use crate::smtp::{self, AcceptError, MessageSink, SmtpSettings};
-use crate::spool::{Envelope, QueueId, Spool, SpoolError, WriteHook};
+use crate::spool::{Envelope, LockError, QueueId, Spool, SpoolError, SpoolLock, WriteHook};
 use crate::status::Counters;
 use crate::status::http::{self as status_http, StatusContext};
 
@@ -52,6 +64,8 @@ impl Default for StartOptions {
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
+    #[error(transparent)]
+    Locked(#[from] LockError),
     #[error("cannot open the spool at {path}: {source}")]
     Spool { path: String, source: SpoolError },
     #[error("cannot listen on {addr}: {source}")]
@@ -78,6 +92,8 @@ pub struct Running {
     shutdown: CancellationToken,
     tasks: JoinSet<()>,
     waker: Arc<Notify>,
+    /// Held until the relay is dropped (after shutdown), or the process dies.
+    _lock: SpoolLock,
 }
 
 impl Running {
@@ -133,7 +149,7 @@ impl Running {
 pub async fn start(config: Config, opts: StartOptions) -> Result<Running, AppError> {
     let config = Arc::new(config);
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let mut spool = open_spool(&config).await?;
+    let (lock, mut spool) = open_spool(&config, opts.dry_run).await?;
     if let Some(hook) = opts.spool_write_hook.clone() {
         spool = spool.with_write_hook(hook);
     }
@@ -146,10 +162,15 @@ pub async fn start(config: Config, opts: StartOptions) -> Result<Running, AppErr
     let counters = Arc::new(Counters::default());
     let graph_stats = Arc::new(GraphStats::default());
     let transport: Arc<dyn Transport> = if opts.dry_run {
-        Arc::new(Outbox::new(
-            config.queue.dir.join("outbox"),
-            &config.microsoft.graph_url,
-        ))
+        let outbox = config.queue.dir.join("outbox");
+        crate::spool::private_dir(&outbox).map_err(|e| AppError::Spool {
+            path: outbox.display().to_string(),
+            source: SpoolError::Io {
+                path: outbox.clone(),
+                source: e,
+            },
+        })?;
+        Arc::new(Outbox::new(outbox, &config.microsoft.graph_url))
     } else {
         Arc::new(GraphTransport::new(
             http.clone(),
@@ -279,6 +300,7 @@ pub async fn start(config: Config, opts: StartOptions) -> Result<Running, AppErr
         shutdown,
         tasks,
         waker,
+        _lock: lock,
     })
 }
 
@@ -349,13 +371,20 @@ async fn watch_token_state(
     }
 }
 
-async fn open_spool(config: &Config) -> Result<Spool, AppError> {
-    let dir = config.queue.dir.clone();
+/// Takes the lock of `queue.dir`, then opens and recovers the spool (the dry run's own, in
+/// `<queue.dir>/dry-run/`, for a dry run).
+async fn open_spool(config: &Config, dry_run: bool) -> Result<(SpoolLock, Spool), AppError> {
+    let queue_dir = config.queue.dir.clone();
+    let dir = if dry_run {
+        queue_dir.join("dry-run")
+    } else {
+        queue_dir.clone()
+    };
     let path = dir.display().to_string();
     let opened = tokio::task::spawn_blocking(move || {
-        let spool = Spool::open(dir)?;
-        let report = spool.scan()?;
-        Ok::<_, SpoolError>((spool, report))
+        let lock = SpoolLock::acquire(&queue_dir)?;
+        let opened = Spool::open(dir).and_then(|spool| Ok((spool.scan()?, spool)));
+        Ok::<_, LockError>((lock, opened))
     })
     .await
     .map_err(|e| AppError::Spool {
@@ -365,11 +394,12 @@ async fn open_spool(config: &Config) -> Result<Spool, AppError> {
             source: std::io::Error::other(e),
         },
     })?;
-    let (spool, report) = opened.map_err(|source| AppError::Spool { path, source })?;
+    let (lock, opened) = opened?;
+    let (report, spool) = opened.map_err(|source| AppError::Spool { path, source })?;
     if report != Default::default() {
         info!(?report, "spool recovered at start-up");
     }
-    Ok(spool)
+    Ok((lock, spool))
 }
 
 /// Binds `addr` and reports the address actually bound (port 0 picks one).

@@ -2,7 +2,7 @@
 //! at any point leaves either the old state or the new one, never a half-written message taken
 //! for a committed one. Synchronous: async callers run it on the blocking pool.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -11,6 +11,7 @@ use std::time::SystemTime;
 use tracing::{error, warn};
 
 use super::group_sync::GroupSync;
+use super::perms;
 use super::record::{Record, State};
 use super::{Envelope, QueueId};
 
@@ -86,7 +87,8 @@ impl std::fmt::Debug for Spool {
 }
 
 impl Spool {
-    /// Opens (creating if needed) the spool at `root`.
+    /// Opens (creating if needed) the spool at `root`; its folders are made (or tightened to)
+    /// 0700.
     pub fn open(root: impl Into<PathBuf>) -> Result<Spool, SpoolError> {
         let root: PathBuf = root.into();
         let spool = Spool {
@@ -94,9 +96,15 @@ impl Spool {
             root,
             write_hook: None,
         };
+        perms::create_private_dir(&spool.root).map_err(|e| SpoolError::io(&spool.root, e))?;
         for dir in ["tmp", "queue", "failed", "corrupt"] {
             let path = spool.root.join(dir);
-            fs::create_dir_all(&path).map_err(|e| SpoolError::io(&path, e))?;
+            perms::private_dir(&path).map_err(|e| SpoolError::io(&path, e))?;
+        }
+        // Made by the dry run on first use; an older version made it 0755.
+        let outbox = spool.root.join("outbox");
+        if outbox.is_dir() {
+            perms::private_dir(&outbox).map_err(|e| SpoolError::io(&outbox, e))?;
         }
         Ok(spool)
     }
@@ -356,7 +364,10 @@ impl Spool {
             hook(path).map_err(|e| SpoolError::io(path, e))?;
         }
         let write = || -> io::Result<()> {
-            let mut file = OpenOptions::new().write(true).create_new(true).open(path)?;
+            let mut file = perms::private_file()
+                .write(true)
+                .create_new(true)
+                .open(path)?;
             file.write_all(bytes)?;
             file.sync_all()
         };

@@ -31,7 +31,25 @@ impl RelayProcess {
         level: &str,
         log: impl Into<Stdio>,
     ) -> RelayProcess {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_graph-relay"))
+        Self::spawn(Self::command(config, extra, level, log)).await
+    }
+
+    /// `start`, with the child's umask set first (file modes are checked under a known umask).
+    pub async fn start_with_umask(config: &Path, extra: &[&str], umask: u32) -> RelayProcess {
+        let mut command = Self::command(config, extra, "graph_relay=warn", Stdio::inherit());
+        // SAFETY: umask(2) is async-signal-safe and touches nothing but the child's mask.
+        unsafe {
+            command.pre_exec(move || {
+                libc::umask(umask as libc::mode_t);
+                Ok(())
+            });
+        }
+        Self::spawn(command).await
+    }
+
+    fn command(config: &Path, extra: &[&str], level: &str, log: impl Into<Stdio>) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_graph-relay"));
+        command
             .arg("--config")
             .arg(config)
             .arg("serve")
@@ -39,9 +57,12 @@ impl RelayProcess {
             .env("RUST_LOG", level)
             .stdout(Stdio::piped())
             .stderr(log)
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn graph-relay");
+            .kill_on_drop(true);
+        command
+    }
+
+    async fn spawn(mut command: Command) -> RelayProcess {
+        let mut child = command.spawn().expect("spawn graph-relay");
         let mut lines =
             tokio::io::BufReader::new(child.stdout.take().expect("stdout piped")).lines();
         let ready = read_line_starting_with(&mut lines, "graph-relay ready ", START).await;
