@@ -147,13 +147,15 @@ impl Spool {
         let record = Record::new(id.clone(), envelope.clone(), message.len() as u64, now);
         let tmp_eml = self.dir("tmp").join(format!("{id}.eml"));
         let tmp_json = self.dir("tmp").join(format!("{id}.json"));
-        let result = self
-            .write_synced(&tmp_eml, message)
-            .and_then(|()| self.write_synced(&tmp_json, &record.to_json()))
-            .and_then(|()| rename(&tmp_eml, &self.message_path(Area::Queue, &id)))
+        let write = || {
+            let _writing = self.tmp_lock(Lock::Shared)?;
+            self.write_synced(&tmp_eml, message)?;
+            self.write_synced(&tmp_json, &record.to_json())?;
+            rename(&tmp_eml, &self.message_path(Area::Queue, &id))?;
             // The record's rename is the commit point.
-            .and_then(|()| rename(&tmp_json, &self.json_path(Area::Queue, &id)))
-            .and_then(|()| self.sync_area(Area::Queue));
+            rename(&tmp_json, &self.json_path(Area::Queue, &id))
+        };
+        let result = write().and_then(|()| self.sync_area(Area::Queue));
         if result.is_err() {
             let _ = fs::remove_file(&tmp_eml);
             let _ = fs::remove_file(&tmp_json);
@@ -281,6 +283,7 @@ impl Spool {
     /// Start-up recovery: clears `tmp/`, removes uncommitted messages, finishes interrupted
     /// moves and quarantines records whose message is gone.
     pub fn scan(&self) -> Result<ScanReport, SpoolError> {
+        let _recovering = self.tmp_lock(Lock::Exclusive)?;
         let mut report = ScanReport::default();
         let tmp = self.dir("tmp");
         for entry in fs::read_dir(&tmp).map_err(|e| SpoolError::io(&tmp, e))? {
@@ -329,6 +332,23 @@ impl Spool {
         Ok(report)
     }
 
+    /// A `flock` on the `tmp/` folder. A commit holds it shared from its first tmp write to its
+    /// record's rename; `scan` holds it exclusive. So the start-up scan never takes a commit
+    /// that another process (`sendmail`) has in progress for a crash's leftovers: without it,
+    /// the scan could delete that commit's `.eml` between its two renames, and mail already
+    /// reported as taken would be lost. Uncontended in `serve`, whose commits all come after its
+    /// scan.
+    fn tmp_lock(&self, kind: Lock) -> Result<File, SpoolError> {
+        let tmp = self.dir("tmp");
+        let dir = File::open(&tmp).map_err(|e| SpoolError::io(&tmp, e))?;
+        match kind {
+            Lock::Shared => dir.lock_shared(),
+            Lock::Exclusive => dir.lock(),
+        }
+        .map_err(|e| SpoolError::io(&tmp, e))?;
+        Ok(dir)
+    }
+
     /// Moves a message's files to `corrupt/`, keeping them for a person to look at.
     fn quarantine(&self, area: Area, id: &QueueId, why: &str) {
         error!(queue_id = %id, reason = why, "unreadable spool record; moved to corrupt/");
@@ -375,6 +395,12 @@ impl Spool {
     }
 }
 
+#[derive(Clone, Copy)]
+enum Lock {
+    Shared,
+    Exclusive,
+}
+
 fn area_of(state: State) -> Area {
     match state {
         State::Pending | State::Held => Area::Queue,
@@ -404,6 +430,7 @@ mod tests {
     use super::*;
     use crate::TestResult;
     use crate::spool::record::LastError;
+    use std::time::Duration;
 
     fn spool() -> (tempfile::TempDir, Spool) {
         let dir = tempfile::tempdir().expect("a temp dir");
@@ -477,6 +504,46 @@ mod tests {
         spool.relocate(&record, Area::Failed)?;
         assert_eq!(spool.list(Area::Queue)?, vec![record.clone()]);
         assert_eq!(spool.read_message(&record.id, Area::Queue)?, b"m");
+        Ok(())
+    }
+
+    #[test]
+    fn scan_waits_for_a_commit_in_progress_instead_of_deleting_it() -> TestResult {
+        let (_dir, spool) = spool();
+        let (paused_tx, paused) = std::sync::mpsc::channel();
+        let (go, go_rx) = std::sync::mpsc::channel::<()>();
+        let go_rx = std::sync::Mutex::new(go_rx);
+        // Another process's commit (a `sendmail`), stopped after its message reached tmp/.
+        let writer = spool.clone().with_write_hook(Arc::new(move |path: &Path| {
+            if path.extension().is_some_and(|e| e == "json") {
+                paused_tx.send(()).expect("test listening");
+                go_rx.lock().expect("go lock").recv().expect("test says go");
+            }
+            Ok(())
+        }));
+        let commit =
+            std::thread::spawn(move || writer.commit(&envelope(), b"in flight", SystemTime::now()));
+        paused.recv()?;
+        let scanner = spool.clone();
+        let (scanned_tx, scanned) = std::sync::mpsc::channel();
+        let scan = std::thread::spawn(move || {
+            let report = scanner.scan();
+            scanned_tx.send(()).expect("test listening");
+            report
+        });
+        // While the commit holds tmp/, the scan waits. (Without the lock it finishes at once,
+        // having deleted the commit's message; the timeout only bounds how long it may take.)
+        assert!(scanned.recv_timeout(Duration::from_millis(300)).is_err());
+        go.send(())?;
+        let record = commit.join().expect("commit thread")?;
+        let report = scan.join().expect("scan thread")?;
+        assert_eq!(
+            report,
+            ScanReport::default(),
+            "nothing taken for a leftover"
+        );
+        assert_eq!(spool.read_message(&record.id, Area::Queue)?, b"in flight");
+        assert_eq!(spool.list(Area::Queue)?, vec![record]);
         Ok(())
     }
 
