@@ -33,7 +33,9 @@ use crate::deliver::backoff::Backoff;
 use crate::deliver::{GraphStats, GraphTransport, Outbox, QueueManager, RetryPolicy, Transport};
 use crate::notify::{Notice, Notifier};
 use crate::smtp::{self, AcceptError, MessageSink, SmtpSettings};
-use crate::spool::{Envelope, LockError, QueueId, Spool, SpoolError, SpoolLock, WriteHook};
+use crate::spool::{
+    Envelope, LockError, QueueId, Spool, SpoolError, SpoolLock, WriteHook, private_dir,
+};
 use crate::status::Counters;
 use crate::status::http::{self as status_http, StatusContext};
 
@@ -162,15 +164,10 @@ pub async fn start(config: Config, opts: StartOptions) -> Result<Running, AppErr
     let counters = Arc::new(Counters::default());
     let graph_stats = Arc::new(GraphStats::default());
     let transport: Arc<dyn Transport> = if opts.dry_run {
-        let outbox = config.queue.dir.join("outbox");
-        crate::spool::private_dir(&outbox).map_err(|e| AppError::Spool {
-            path: outbox.display().to_string(),
-            source: SpoolError::Io {
-                path: outbox.clone(),
-                source: e,
-            },
-        })?;
-        Arc::new(Outbox::new(outbox, &config.microsoft.graph_url))
+        Arc::new(Outbox::new(
+            outbox_dir(&config.queue.dir),
+            &config.microsoft.graph_url,
+        ))
     } else {
         Arc::new(GraphTransport::new(
             http.clone(),
@@ -383,8 +380,16 @@ async fn open_spool(config: &Config, dry_run: bool) -> Result<(SpoolLock, Spool)
     let path = dir.display().to_string();
     let opened = tokio::task::spawn_blocking(move || {
         let lock = SpoolLock::acquire(&queue_dir)?;
-        let opened = Spool::open(dir).and_then(|spool| Ok((spool.scan()?, spool)));
-        Ok::<_, LockError>((lock, opened))
+        let open = || {
+            if dry_run {
+                // An older version made it 0755.
+                let outbox = outbox_dir(&queue_dir);
+                private_dir(&outbox).map_err(|e| SpoolError::io(&outbox, e))?;
+            }
+            let spool = Spool::open(dir)?;
+            Ok((spool.scan()?, spool))
+        };
+        Ok::<_, LockError>((lock, open()))
     })
     .await
     .map_err(|e| AppError::Spool {
@@ -400,6 +405,10 @@ async fn open_spool(config: &Config, dry_run: bool) -> Result<(SpoolLock, Spool)
         info!(?report, "spool recovered at start-up");
     }
     Ok((lock, spool))
+}
+
+fn outbox_dir(queue_dir: &std::path::Path) -> std::path::PathBuf {
+    queue_dir.join("outbox")
 }
 
 /// Binds `addr` and reports the address actually bound (port 0 picks one).

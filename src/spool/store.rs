@@ -42,7 +42,7 @@ pub enum SpoolError {
 }
 
 impl SpoolError {
-    fn io(path: &Path, source: io::Error) -> Self {
+    pub(crate) fn io(path: &Path, source: io::Error) -> Self {
         if is_no_space(&source) {
             SpoolError::NoSpace(source)
         } else {
@@ -148,7 +148,7 @@ impl Spool {
         let tmp_eml = self.dir("tmp").join(format!("{id}.eml"));
         let tmp_json = self.dir("tmp").join(format!("{id}.json"));
         let write = || {
-            let _writing = self.tmp_lock(Lock::Shared)?;
+            let _writing = self.tmp_lock(TmpLock::Shared)?;
             self.write_synced(&tmp_eml, message)?;
             self.write_synced(&tmp_json, &record.to_json())?;
             rename(&tmp_eml, &self.message_path(Area::Queue, &id))?;
@@ -283,7 +283,7 @@ impl Spool {
     /// Start-up recovery: clears `tmp/`, removes uncommitted messages, finishes interrupted
     /// moves and quarantines records whose message is gone.
     pub fn scan(&self) -> Result<ScanReport, SpoolError> {
-        let _recovering = self.tmp_lock(Lock::Exclusive)?;
+        let _recovering = self.tmp_lock(TmpLock::Exclusive)?;
         let mut report = ScanReport::default();
         let tmp = self.dir("tmp");
         for entry in fs::read_dir(&tmp).map_err(|e| SpoolError::io(&tmp, e))? {
@@ -338,12 +338,12 @@ impl Spool {
     /// the scan could delete that commit's `.eml` between its two renames, and mail already
     /// reported as taken would be lost. Uncontended in `serve`, whose commits all come after its
     /// scan.
-    fn tmp_lock(&self, kind: Lock) -> Result<File, SpoolError> {
+    fn tmp_lock(&self, kind: TmpLock) -> Result<File, SpoolError> {
         let tmp = self.dir("tmp");
         let dir = File::open(&tmp).map_err(|e| SpoolError::io(&tmp, e))?;
         match kind {
-            Lock::Shared => dir.lock_shared(),
-            Lock::Exclusive => dir.lock(),
+            TmpLock::Shared => dir.lock_shared(),
+            TmpLock::Exclusive => dir.lock(),
         }
         .map_err(|e| SpoolError::io(&tmp, e))?;
         Ok(dir)
@@ -396,7 +396,7 @@ impl Spool {
 }
 
 #[derive(Clone, Copy)]
-enum Lock {
+enum TmpLock {
     Shared,
     Exclusive,
 }
