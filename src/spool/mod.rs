@@ -2,7 +2,8 @@
 //! SMTP answers 250, and only removed once Graph accepted it. The spool is the truth; everything
 //! in memory is a hint. Layout: `tmp/` (being written), `queue/` (pending and held),
 //! `failed/`, `corrupt/` (unreadable, never deleted automatically), `outbox/` (dry run),
-//! `serve.lock` (one serve per spool). Folders 0700, files 0600.
+//! `serve.lock` (one serve per spool), `commit.lock` (the start-up scan waits for commits in
+//! progress). Folders 0700, files 0600.
 
 mod envelope;
 mod group_sync;

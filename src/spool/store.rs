@@ -148,7 +148,7 @@ impl Spool {
         let tmp_eml = self.dir("tmp").join(format!("{id}.eml"));
         let tmp_json = self.dir("tmp").join(format!("{id}.json"));
         let write = || {
-            let _writing = self.tmp_lock(TmpLock::Shared)?;
+            let _writing = self.commit_lock(CommitLock::Shared)?;
             self.write_synced(&tmp_eml, message)?;
             self.write_synced(&tmp_json, &record.to_json())?;
             rename(&tmp_eml, &self.message_path(Area::Queue, &id))?;
@@ -283,7 +283,7 @@ impl Spool {
     /// Start-up recovery: clears `tmp/`, removes uncommitted messages, finishes interrupted
     /// moves and quarantines records whose message is gone.
     pub fn scan(&self) -> Result<ScanReport, SpoolError> {
-        let _recovering = self.tmp_lock(TmpLock::Exclusive)?;
+        let _recovering = self.commit_lock(CommitLock::Exclusive)?;
         let mut report = ScanReport::default();
         let tmp = self.dir("tmp");
         for entry in fs::read_dir(&tmp).map_err(|e| SpoolError::io(&tmp, e))? {
@@ -332,21 +332,28 @@ impl Spool {
         Ok(report)
     }
 
-    /// A `flock` on the `tmp/` folder. A commit holds it shared from its first tmp write to its
+    /// A `flock` on `commit.lock`. A commit holds it shared from its first tmp write to its
     /// record's rename; `scan` holds it exclusive. So the start-up scan never takes a commit
     /// that another process (`sendmail`) has in progress for a crash's leftovers: without it,
     /// the scan could delete that commit's `.eml` between its two renames, and mail already
     /// reported as taken would be lost. Uncontended in `serve`, whose commits all come after its
-    /// scan.
-    fn tmp_lock(&self, kind: TmpLock) -> Result<File, SpoolError> {
-        let tmp = self.dir("tmp");
-        let dir = File::open(&tmp).map_err(|e| SpoolError::io(&tmp, e))?;
+    /// scan. A file rather than the `tmp/` folder itself: NFS only locks what is open for
+    /// writing.
+    fn commit_lock(&self, kind: CommitLock) -> Result<File, SpoolError> {
+        let path = self.root.join("commit.lock");
+        let file = perms::private_file()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| SpoolError::io(&path, e))?;
         match kind {
-            TmpLock::Shared => dir.lock_shared(),
-            TmpLock::Exclusive => dir.lock(),
+            CommitLock::Shared => file.lock_shared(),
+            CommitLock::Exclusive => file.lock(),
         }
-        .map_err(|e| SpoolError::io(&tmp, e))?;
-        Ok(dir)
+        .map_err(|e| SpoolError::io(&path, e))?;
+        Ok(file)
     }
 
     /// Moves a message's files to `corrupt/`, keeping them for a person to look at.
@@ -396,7 +403,7 @@ impl Spool {
 }
 
 #[derive(Clone, Copy)]
-enum TmpLock {
+enum CommitLock {
     Shared,
     Exclusive,
 }
@@ -531,7 +538,7 @@ mod tests {
             scanned_tx.send(()).expect("test listening");
             report
         });
-        // While the commit holds tmp/, the scan waits. (Without the lock it finishes at once,
+        // While the commit is under way, the scan waits. (Without the lock it finishes at once,
         // having deleted the commit's message; the timeout only bounds how long it may take.)
         assert!(scanned.recv_timeout(Duration::from_millis(300)).is_err());
         go.send(())?;
