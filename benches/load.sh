@@ -292,8 +292,9 @@ run_relay() {
     stop_pid "$RELAY_PID"
     RELAY_PID=
     got=$(outbox_count)
-    left=$(find "$RELAY_DIR/spool/queue" "$RELAY_DIR/spool/failed" "$RELAY_DIR/spool/corrupt" \
-        -type f 2>/dev/null | wc -l)
+    # A dry run keeps its own spool in spool/dry-run/.
+    left=$(find "$RELAY_DIR/spool/dry-run/queue" "$RELAY_DIR/spool/dry-run/failed" \
+        "$RELAY_DIR/spool/dry-run/corrupt" -type f 2>/dev/null | wc -l)
     if ((got != n)); then
         fail "relay $label: $got outbox requests for $n messages sent (every 250 must become a Graph request)"
     fi

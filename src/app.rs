@@ -1,6 +1,18 @@
 //! Wires the parts together for `serve`: opens and recovers the spool, picks the token source
 //! and transport, binds the listeners (tests bind port 0 and read the addresses back), and owns
 //! shutdown. Holds no business logic of its own.
+//!
+//! `serve` first takes the spool lock ([`SpoolLock`]): a second serve on the same `queue.dir`
+//! exits before it has scanned, cleaned or bound anything.
+//!
+//! Dry run has a spool of its own, `<queue.dir>/dry-run/`: it "delivers" (to
+//! `<queue.dir>/outbox/`) only mail it received itself, and never reads, recovers or removes
+//! anything in the real `queue/` and `failed/`, which stay byte for byte as they were for the
+//! next real serve. The alternatives were worse: delivering the real queue to the outbox
+//! consumes mail that was promised to Graph; refusing to start on a non-empty queue still lets
+//! `sendmail` drop real mail into `queue/` during the run, and leaves what a killed dry run had
+//! accepted in the real queue, to be sent for real later. A dry run still takes the lock of
+//! `queue.dir`, so it never runs beside a real serve of the same spool.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -21,7 +33,7 @@ use crate::deliver::{GraphStats, GraphTransport, Outbox, QueueManager, RetryPoli
 use crate::ingest::Ingest;
 use crate::notify::{Notice, Notifier};
 use crate::smtp::{self, MessageSink, SmtpSettings};
-use crate::spool::{Spool, SpoolError, WriteHook};
+use crate::spool::{LockError, Spool, SpoolError, SpoolLock, WriteHook, private_dir};
 use crate::status::Counters;
 use crate::status::http::{self as status_http, StatusContext};
 
@@ -52,6 +64,8 @@ impl Default for StartOptions {
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
+    #[error(transparent)]
+    Locked(#[from] LockError),
     #[error("cannot open the spool at {path}: {source}")]
     Spool { path: String, source: SpoolError },
     #[error("cannot listen on {addr}: {source}")]
@@ -78,6 +92,8 @@ pub struct Running {
     shutdown: CancellationToken,
     tasks: JoinSet<()>,
     waker: Arc<Notify>,
+    /// Held until the relay is dropped (after shutdown), or the process dies.
+    _lock: SpoolLock,
 }
 
 impl Running {
@@ -133,7 +149,7 @@ impl Running {
 pub async fn start(config: Config, opts: StartOptions) -> Result<Running, AppError> {
     let config = Arc::new(config);
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let mut spool = open_spool(&config).await?;
+    let (lock, mut spool) = open_spool(&config, opts.dry_run).await?;
     if let Some(hook) = opts.spool_write_hook.clone() {
         spool = spool.with_write_hook(hook);
     }
@@ -143,7 +159,7 @@ pub async fn start(config: Config, opts: StartOptions) -> Result<Running, AppErr
     let graph_stats = Arc::new(GraphStats::default());
     let transport: Arc<dyn Transport> = if opts.dry_run {
         Arc::new(Outbox::new(
-            config.queue.dir.join("outbox"),
+            outbox_dir(&config.queue.dir),
             &config.microsoft.graph_url,
         ))
     } else {
@@ -273,6 +289,7 @@ pub async fn start(config: Config, opts: StartOptions) -> Result<Running, AppErr
         shutdown,
         tasks,
         waker,
+        _lock: lock,
     })
 }
 
@@ -334,13 +351,28 @@ async fn watch_token_state(
     }
 }
 
-async fn open_spool(config: &Config) -> Result<Spool, AppError> {
-    let dir = config.queue.dir.clone();
+/// Takes the lock of `queue.dir`, then opens and recovers the spool (the dry run's own, in
+/// `<queue.dir>/dry-run/`, for a dry run).
+async fn open_spool(config: &Config, dry_run: bool) -> Result<(SpoolLock, Spool), AppError> {
+    let queue_dir = config.queue.dir.clone();
+    let dir = if dry_run {
+        queue_dir.join("dry-run")
+    } else {
+        queue_dir.clone()
+    };
     let path = dir.display().to_string();
     let opened = tokio::task::spawn_blocking(move || {
-        let spool = Spool::open(dir)?;
-        let report = spool.scan()?;
-        Ok::<_, SpoolError>((spool, report))
+        let lock = SpoolLock::acquire(&queue_dir)?;
+        let open = || {
+            if dry_run {
+                // An older version made it 0755.
+                let outbox = outbox_dir(&queue_dir);
+                private_dir(&outbox).map_err(|e| SpoolError::io(&outbox, e))?;
+            }
+            let spool = Spool::open(dir)?;
+            Ok((spool.scan()?, spool))
+        };
+        Ok::<_, LockError>((lock, open()))
     })
     .await
     .map_err(|e| AppError::Spool {
@@ -350,11 +382,16 @@ async fn open_spool(config: &Config) -> Result<Spool, AppError> {
             source: std::io::Error::other(e),
         },
     })?;
-    let (spool, report) = opened.map_err(|source| AppError::Spool { path, source })?;
+    let (lock, opened) = opened?;
+    let (report, spool) = opened.map_err(|source| AppError::Spool { path, source })?;
     if report != Default::default() {
         info!(?report, "spool recovered at start-up");
     }
-    Ok(spool)
+    Ok((lock, spool))
+}
+
+fn outbox_dir(queue_dir: &std::path::Path) -> std::path::PathBuf {
+    queue_dir.join("outbox")
 }
 
 /// Binds `addr` and reports the address actually bound (port 0 picks one).

@@ -70,7 +70,9 @@ pub struct PasswdArgs {
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// Write each Graph request to <queue.dir>/outbox/<id>.json instead of sending it.
+    /// Write each Graph request to <queue.dir>/outbox/<id>.json instead of sending it. Only mail
+    /// received by the dry run goes there (it keeps its own spool, <queue.dir>/dry-run/); mail
+    /// already queued is left untouched for the real serve.
     #[arg(long)]
     pub dry_run: bool,
 }

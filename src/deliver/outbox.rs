@@ -1,7 +1,9 @@
 //! The dry-run transport: writes the requests a plan would make to `<queue.dir>/outbox/<id>.json`
 //! instead of calling Graph. A single sendMail is `{"method","url","body"}`; the draft path is
 //! `{"requests":[...]}` in order. Split messages add `<id>.<part>.json` for parts after the first.
+//! The documents hold whole messages, so they are private like the spool (0600 in a 0700 folder).
 
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
@@ -11,7 +13,7 @@ use super::source::AttachmentReader;
 use super::steps::{describe, steps};
 use super::{Delivery, DeliveryError, Transport};
 use crate::convert::{GraphPlan, LargeAttachment, sha256_hex};
-use crate::spool::{LastError, QueueId};
+use crate::spool::{LastError, QueueId, create_private_dir, private_file};
 
 pub struct Outbox {
     dir: PathBuf,
@@ -79,12 +81,19 @@ impl Transport for Outbox {
             let mut bytes = serde_json::to_vec_pretty(&document).expect("JSON always serializes");
             bytes.push(b'\n');
             let tmp = path.with_extension("json.tmp");
-            let write_once =
-                || std::fs::write(&tmp, &bytes).and_then(|()| std::fs::rename(&tmp, &path));
+            let write_once = || {
+                private_file()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .open(&tmp)
+                    .and_then(|mut f| f.write_all(&bytes))
+                    .and_then(|()| std::fs::rename(&tmp, &path))
+            };
             match write_once() {
-                // The outbox is made on first use (or again, if someone removed it).
+                // The outbox is made at start (or again, if someone removed it).
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    std::fs::create_dir_all(&dir)?;
+                    create_private_dir(&dir)?;
                     write_once()
                 }
                 other => other,

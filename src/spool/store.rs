@@ -2,7 +2,7 @@
 //! at any point leaves either the old state or the new one, never a half-written message taken
 //! for a committed one. Synchronous: async callers run it on the blocking pool.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -11,6 +11,7 @@ use std::time::SystemTime;
 use tracing::{error, warn};
 
 use super::group_sync::GroupSync;
+use super::perms;
 use super::record::{Record, State};
 use super::{Envelope, QueueId};
 
@@ -41,7 +42,7 @@ pub enum SpoolError {
 }
 
 impl SpoolError {
-    fn io(path: &Path, source: io::Error) -> Self {
+    pub(crate) fn io(path: &Path, source: io::Error) -> Self {
         if is_no_space(&source) {
             SpoolError::NoSpace(source)
         } else {
@@ -86,7 +87,8 @@ impl std::fmt::Debug for Spool {
 }
 
 impl Spool {
-    /// Opens (creating if needed) the spool at `root`.
+    /// Opens (creating if needed) the spool at `root`; its folders are made (or tightened to)
+    /// 0700.
     pub fn open(root: impl Into<PathBuf>) -> Result<Spool, SpoolError> {
         let root: PathBuf = root.into();
         let spool = Spool {
@@ -94,9 +96,15 @@ impl Spool {
             root,
             write_hook: None,
         };
+        perms::create_private_dir(&spool.root).map_err(|e| SpoolError::io(&spool.root, e))?;
         for dir in ["tmp", "queue", "failed", "corrupt"] {
             let path = spool.root.join(dir);
-            fs::create_dir_all(&path).map_err(|e| SpoolError::io(&path, e))?;
+            perms::private_dir(&path).map_err(|e| SpoolError::io(&path, e))?;
+        }
+        // Made by the dry run on first use; an older version made it 0755.
+        let outbox = spool.root.join("outbox");
+        if outbox.is_dir() {
+            perms::private_dir(&outbox).map_err(|e| SpoolError::io(&outbox, e))?;
         }
         Ok(spool)
     }
@@ -139,13 +147,15 @@ impl Spool {
         let record = Record::new(id.clone(), envelope.clone(), message.len() as u64, now);
         let tmp_eml = self.dir("tmp").join(format!("{id}.eml"));
         let tmp_json = self.dir("tmp").join(format!("{id}.json"));
-        let result = self
-            .write_synced(&tmp_eml, message)
-            .and_then(|()| self.write_synced(&tmp_json, &record.to_json()))
-            .and_then(|()| rename(&tmp_eml, &self.message_path(Area::Queue, &id)))
+        let write = || {
+            let _writing = self.commit_lock(CommitLock::Shared)?;
+            self.write_synced(&tmp_eml, message)?;
+            self.write_synced(&tmp_json, &record.to_json())?;
+            rename(&tmp_eml, &self.message_path(Area::Queue, &id))?;
             // The record's rename is the commit point.
-            .and_then(|()| rename(&tmp_json, &self.json_path(Area::Queue, &id)))
-            .and_then(|()| self.sync_area(Area::Queue));
+            rename(&tmp_json, &self.json_path(Area::Queue, &id))
+        };
+        let result = write().and_then(|()| self.sync_area(Area::Queue));
         if result.is_err() {
             let _ = fs::remove_file(&tmp_eml);
             let _ = fs::remove_file(&tmp_json);
@@ -273,6 +283,7 @@ impl Spool {
     /// Start-up recovery: clears `tmp/`, removes uncommitted messages, finishes interrupted
     /// moves and quarantines records whose message is gone.
     pub fn scan(&self) -> Result<ScanReport, SpoolError> {
+        let _recovering = self.commit_lock(CommitLock::Exclusive)?;
         let mut report = ScanReport::default();
         let tmp = self.dir("tmp");
         for entry in fs::read_dir(&tmp).map_err(|e| SpoolError::io(&tmp, e))? {
@@ -321,6 +332,30 @@ impl Spool {
         Ok(report)
     }
 
+    /// A `flock` on `commit.lock`. A commit holds it shared from its first tmp write to its
+    /// record's rename; `scan` holds it exclusive. So the start-up scan never takes a commit
+    /// that another process (`sendmail`) has in progress for a crash's leftovers: without it,
+    /// the scan could delete that commit's `.eml` between its two renames, and mail already
+    /// reported as taken would be lost. Uncontended in `serve`, whose commits all come after its
+    /// scan. A file rather than the `tmp/` folder itself: NFS only locks what is open for
+    /// writing.
+    fn commit_lock(&self, kind: CommitLock) -> Result<File, SpoolError> {
+        let path = self.root.join("commit.lock");
+        let file = perms::private_file()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| SpoolError::io(&path, e))?;
+        match kind {
+            CommitLock::Shared => file.lock_shared(),
+            CommitLock::Exclusive => file.lock(),
+        }
+        .map_err(|e| SpoolError::io(&path, e))?;
+        Ok(file)
+    }
+
     /// Moves a message's files to `corrupt/`, keeping them for a person to look at.
     fn quarantine(&self, area: Area, id: &QueueId, why: &str) {
         error!(queue_id = %id, reason = why, "unreadable spool record; moved to corrupt/");
@@ -356,12 +391,21 @@ impl Spool {
             hook(path).map_err(|e| SpoolError::io(path, e))?;
         }
         let write = || -> io::Result<()> {
-            let mut file = OpenOptions::new().write(true).create_new(true).open(path)?;
+            let mut file = perms::private_file()
+                .write(true)
+                .create_new(true)
+                .open(path)?;
             file.write_all(bytes)?;
             file.sync_all()
         };
         write().map_err(|e| SpoolError::io(path, e))
     }
+}
+
+#[derive(Clone, Copy)]
+enum CommitLock {
+    Shared,
+    Exclusive,
 }
 
 fn area_of(state: State) -> Area {
@@ -393,6 +437,7 @@ mod tests {
     use super::*;
     use crate::TestResult;
     use crate::spool::record::LastError;
+    use std::time::Duration;
 
     fn spool() -> (tempfile::TempDir, Spool) {
         let dir = tempfile::tempdir().expect("a temp dir");
@@ -466,6 +511,46 @@ mod tests {
         spool.relocate(&record, Area::Failed)?;
         assert_eq!(spool.list(Area::Queue)?, vec![record.clone()]);
         assert_eq!(spool.read_message(&record.id, Area::Queue)?, b"m");
+        Ok(())
+    }
+
+    #[test]
+    fn scan_waits_for_a_commit_in_progress_instead_of_deleting_it() -> TestResult {
+        let (_dir, spool) = spool();
+        let (paused_tx, paused) = std::sync::mpsc::channel();
+        let (go, go_rx) = std::sync::mpsc::channel::<()>();
+        let go_rx = std::sync::Mutex::new(go_rx);
+        // Another process's commit (a `sendmail`), stopped after its message reached tmp/.
+        let writer = spool.clone().with_write_hook(Arc::new(move |path: &Path| {
+            if path.extension().is_some_and(|e| e == "json") {
+                paused_tx.send(()).expect("test listening");
+                go_rx.lock().expect("go lock").recv().expect("test says go");
+            }
+            Ok(())
+        }));
+        let commit =
+            std::thread::spawn(move || writer.commit(&envelope(), b"in flight", SystemTime::now()));
+        paused.recv()?;
+        let scanner = spool.clone();
+        let (scanned_tx, scanned) = std::sync::mpsc::channel();
+        let scan = std::thread::spawn(move || {
+            let report = scanner.scan();
+            scanned_tx.send(()).expect("test listening");
+            report
+        });
+        // While the commit is under way, the scan waits. (Without the lock it finishes at once,
+        // having deleted the commit's message; the timeout only bounds how long it may take.)
+        assert!(scanned.recv_timeout(Duration::from_millis(300)).is_err());
+        go.send(())?;
+        let record = commit.join().expect("commit thread")?;
+        let report = scan.join().expect("scan thread")?;
+        assert_eq!(
+            report,
+            ScanReport::default(),
+            "nothing taken for a leftover"
+        );
+        assert_eq!(spool.read_message(&record.id, Area::Queue)?, b"in flight");
+        assert_eq!(spool.list(Area::Queue)?, vec![record]);
         Ok(())
     }
 

@@ -33,7 +33,7 @@ impl RelayProcess {
         level: &str,
         log: impl Into<Stdio>,
     ) -> RelayProcess {
-        Self::start_with_env(config, extra, level, log, &[]).await
+        Self::spawn(Self::command(config, extra, level, log)).await
     }
 
     /// `start_logging`, with each variable in `env` set (`Some`) or removed (`None`).
@@ -44,14 +44,32 @@ impl RelayProcess {
         log: impl Into<Stdio>,
         env: &[(&str, Option<&str>)],
     ) -> RelayProcess {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_graph-relay"));
+        let mut command = Self::command(config, extra, level, log);
         for (name, value) in env {
             match value {
                 Some(value) => command.env(name, value),
                 None => command.env_remove(name),
             };
         }
-        let mut child = command
+        Self::spawn(command).await
+    }
+
+    /// `start`, with the child's umask set first (file modes are checked under a known umask).
+    pub async fn start_with_umask(config: &Path, extra: &[&str], umask: u32) -> RelayProcess {
+        let mut command = Self::command(config, extra, "graph_relay=warn", Stdio::inherit());
+        // SAFETY: umask(2) is async-signal-safe and touches nothing but the child's mask.
+        unsafe {
+            command.pre_exec(move || {
+                libc::umask(umask as libc::mode_t);
+                Ok(())
+            });
+        }
+        Self::spawn(command).await
+    }
+
+    fn command(config: &Path, extra: &[&str], level: &str, log: impl Into<Stdio>) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_graph-relay"));
+        command
             .arg("--config")
             .arg(config)
             .arg("serve")
@@ -59,9 +77,12 @@ impl RelayProcess {
             .env("RUST_LOG", level)
             .stdout(Stdio::piped())
             .stderr(log)
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn graph-relay");
+            .kill_on_drop(true);
+        command
+    }
+
+    async fn spawn(mut command: Command) -> RelayProcess {
+        let mut child = command.spawn().expect("spawn graph-relay");
         let mut lines =
             tokio::io::BufReader::new(child.stdout.take().expect("stdout piped")).lines();
         let ready = read_line_starting_with(&mut lines, "graph-relay ready ", START).await;

@@ -1,0 +1,121 @@
+//! One `serve` per spool: `<queue.dir>/serve.lock`, an exclusive `flock` taken before anything
+//! on disk is touched and held for the life of the process. Two relays on one spool would each
+//! deliver the same mail, and a second one's start-up scan would delete the first's half-written
+//! files. Only `serve` (dry run included) takes it: the CLI (`queue ...`, `auth ...`) and
+//! `sendmail` work beside a running serve, as they always did.
+//!
+//! The kernel drops a `flock` when its holder dies, so a kill -9'd relay never blocks the
+//! restart; the file and the old pid in it are harmless leftovers. The descriptor is
+//! close-on-exec (Rust's default), so a `notify.command` child never inherits the lock.
+
+use std::fs::{File, TryLockError};
+use std::io::{self, Read as _, Seek as _, Write as _};
+use std::path::{Path, PathBuf};
+
+use super::perms;
+
+const LOCK_FILE: &str = "serve.lock";
+
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    #[error(
+        "another graph-relay serve{} is already running on the spool {} (it holds {}): run one \
+         serve per queue.dir; stop that one first, or give this one its own queue.dir",
+        holder(*.pid), .dir.display(), .lock.display()
+    )]
+    Held {
+        dir: PathBuf,
+        lock: PathBuf,
+        pid: Option<u32>,
+    },
+    /// `path` is the spool folder or its lock file, whichever could not be made or locked.
+    #[error("cannot lock the spool at {}", .path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn holder(pid: Option<u32>) -> String {
+    pid.map(|p| format!(" (pid {p})")).unwrap_or_default()
+}
+
+/// The held lock; dropping it (or dying) releases it.
+#[derive(Debug)]
+pub struct SpoolLock {
+    _file: File,
+}
+
+impl SpoolLock {
+    /// Creates `dir` (0700) if needed and takes the lock without waiting; then writes our pid
+    /// into the file for the next one who finds it taken.
+    pub fn acquire(dir: &Path) -> Result<SpoolLock, LockError> {
+        let path = dir.join(LOCK_FILE);
+        let io_error = |path: &Path, source| LockError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        perms::create_private_dir(dir).map_err(|e| io_error(dir, e))?;
+        // Not truncated on open: until we hold the lock, the pid in it is the holder's.
+        let mut file = perms::private_file()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| io_error(&path, e))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => {
+                let mut text = String::new();
+                let pid = file
+                    .read_to_string(&mut text)
+                    .ok()
+                    .and_then(|_| text.trim().parse().ok());
+                return Err(LockError::Held {
+                    dir: dir.to_path_buf(),
+                    lock: path,
+                    pid,
+                });
+            }
+            Err(TryLockError::Error(e)) => return Err(io_error(&path, e)),
+        }
+        let write_pid = |file: &mut File| {
+            file.set_len(0)?;
+            file.rewind()?;
+            writeln!(file, "{}", std::process::id())
+        };
+        write_pid(&mut file).map_err(|e| io_error(&path, e))?;
+        Ok(SpoolLock { _file: file })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::TestResult;
+
+    #[test]
+    fn a_second_taker_is_told_who_holds_it_until_it_is_released() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let spool = dir.path().join("spool");
+        let held = SpoolLock::acquire(&spool)?;
+        let me = std::process::id();
+        assert_eq!(
+            std::fs::read_to_string(spool.join(LOCK_FILE))?,
+            format!("{me}\n")
+        );
+        match SpoolLock::acquire(&spool) {
+            Err(e @ LockError::Held { pid: Some(pid), .. }) if pid == me => {
+                let text = e.to_string();
+                assert!(text.contains(&format!("(pid {me})")), "{text}");
+                assert!(text.contains(&spool.display().to_string()), "{text}");
+            }
+            other => panic!("expected Held with our pid, got {other:?}"),
+        }
+        drop(held);
+        let _again = SpoolLock::acquire(&spool)?;
+        Ok(())
+    }
+}
