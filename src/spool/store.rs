@@ -6,6 +6,7 @@ use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
 use tracing::{error, warn};
@@ -176,9 +177,13 @@ impl Spool {
     }
 
     fn replace_json(&self, record: &Record, target: &Path) -> Result<(), SpoolError> {
+        // Unique per write, not only per process: the status page and a delivery worker may
+        // rewrite the same record at once, and a shared name made the second one fail (EEXIST).
+        static WRITES: AtomicU64 = AtomicU64::new(0);
+        let n = WRITES.fetch_add(1, Ordering::Relaxed);
         let tmp = self
             .dir("tmp")
-            .join(format!("{}.json.{}", record.id, std::process::id()));
+            .join(format!("{}.json.{}.{n}", record.id, std::process::id()));
         self.write_synced(&tmp, &record.to_json())
             .and_then(|()| rename(&tmp, target))
             .and_then(|()| sync_dir(target.parent().unwrap_or(&self.root)))
@@ -470,6 +475,31 @@ mod tests {
             spool.remove(&record.id),
             Err(SpoolError::NotFound(_))
         ));
+        assert_eq!(fs::read_dir(spool.dir("tmp"))?.count(), 0);
+        Ok(())
+    }
+
+    #[test]
+    fn two_rewrites_of_one_record_at_once_both_succeed() -> TestResult {
+        let (_dir, spool) = spool();
+        let record = spool.commit(&envelope(), b"x", SystemTime::now())?;
+        // Both writers reach the temp file's creation together (the status page's retry and a
+        // delivery worker's update, say).
+        let together = Arc::new(std::sync::Barrier::new(2));
+        let spool = spool.with_write_hook(Arc::new(move |_: &Path| {
+            together.wait();
+            Ok(())
+        }));
+        let results = std::thread::scope(|s| {
+            let writers: Vec<_> = (0..2).map(|_| s.spawn(|| spool.update(&record))).collect();
+            writers
+                .into_iter()
+                .map(|w| w.join().expect("writer thread"))
+                .collect::<Vec<_>>()
+        });
+        for result in results {
+            result?;
+        }
         assert_eq!(fs::read_dir(spool.dir("tmp"))?.count(), 0);
         Ok(())
     }
