@@ -18,6 +18,7 @@ mod body;
 mod headers;
 mod html;
 mod mime;
+mod nesting;
 mod recipients;
 mod sender;
 mod text;
@@ -35,6 +36,7 @@ use crate::spool::Envelope;
 use graph_json::{FileAttachment, Message, Recipient, SendMail};
 
 pub use headers::MAX_INTERNET_MESSAGE_HEADERS;
+pub use nesting::MAX_MIME_NESTING;
 pub use recipients::MAX_RECIPIENTS_PER_MESSAGE;
 
 /// A Graph request body must stay below this many bytes (Graph's "4 MB"; the decimal reading
@@ -130,7 +132,12 @@ pub enum AttachmentData {
     /// Base64 text at this byte range of the spooled message, decoded a chunk at a time while
     /// it is uploaded (see [`base64_stream`]) so a big attachment is never held whole. Only parts of
     /// at least [`MAX_INLINE_ATTACHMENT_BYTES`], which always go through an upload session.
-    Base64 { encoded: Range<usize> },
+    /// When the plan was made, the range was decoded and compared with mail-parser's copy;
+    /// `sha256` is that copy's digest, checked again before the last byte is uploaded.
+    Base64 {
+        encoded: Range<usize>,
+        sha256: [u8; 32],
+    },
 }
 
 impl LargeAttachment {
@@ -154,7 +161,7 @@ impl LargeAttachment {
     pub fn decoded(&self, raw: &[u8]) -> Option<Bytes> {
         match &self.data {
             AttachmentData::Bytes(bytes) => Some(bytes.clone()),
-            AttachmentData::Base64 { encoded } => {
+            AttachmentData::Base64 { encoded, .. } => {
                 let mut out = Vec::with_capacity(self.size);
                 base64_stream::Base64Decoder::default()
                     .feed(raw.get(encoded.clone())?, &mut out)
@@ -171,9 +178,12 @@ pub enum ConvertError {
     /// Permanent: zero bytes or only whitespace.
     #[error("message is empty")]
     Empty,
-    /// Permanent: no header field could be read (no header section at all).
-    #[error("message has no header section")]
+    /// Permanent: the MIME parser gave up on it (a bug there, caught).
+    #[error("message cannot be parsed as MIME")]
     Unparseable,
+    /// Permanent: multiparts or attached messages nest deeper than [`MAX_MIME_NESTING`].
+    #[error("MIME structure nested too deeply (limit {limit})")]
+    TooDeep { limit: usize },
     /// Permanent: the envelope names no recipient.
     #[error("no recipients: the envelope has no RCPT TO address")]
     NoRecipients,
@@ -203,19 +213,31 @@ impl ConvertError {
     }
 }
 
-/// Cheap check at the end of SMTP DATA: `Err` only for mail that can never convert (empty, no
-/// header section, signed/encrypted mail too big for MIME sending). Reads the headers only.
+/// Cheap check at the end of SMTP DATA: `Err` only for mail that can never convert (empty,
+/// nested too deeply, signed/encrypted mail too big for MIME sending). Reads the structure, never
+/// decodes a part. A message without a header section passes: it is delivered as its body, from
+/// the envelope sender, as Postfix would.
 pub fn precheck(raw: &[u8]) -> Result<(), ConvertError> {
+    check_shape(raw)?;
+    let head = &raw[..text::header_section(raw).body_start];
+    let prepared = text::prepare(head);
+    let signed = parse(&prepared.bytes, true).is_some_and(|msg| mime::is_signed_or_encrypted(&msg));
+    let size = base64_len(raw.len());
+    if signed && size >= MAX_REQUEST_BYTES {
+        return Err(ConvertError::MimeTooLarge { size });
+    }
+    Ok(())
+}
+
+/// What both `precheck` and `convert` refuse before mail-parser sees the message.
+fn check_shape(raw: &[u8]) -> Result<(), ConvertError> {
     if raw.iter().all(u8::is_ascii_whitespace) {
         return Err(ConvertError::Empty);
     }
-    let msg = parse(raw, true).ok_or(ConvertError::Unparseable)?;
-    if msg.headers().is_empty() {
-        return Err(ConvertError::Unparseable);
-    }
-    let size = base64_len(raw.len());
-    if mime::is_signed_or_encrypted(&msg) && size >= MAX_REQUEST_BYTES {
-        return Err(ConvertError::MimeTooLarge { size });
+    if nesting::exceeds(raw, MAX_MIME_NESTING) {
+        return Err(ConvertError::TooDeep {
+            limit: MAX_MIME_NESTING,
+        });
     }
     Ok(())
 }
@@ -227,15 +249,11 @@ pub fn convert(
     envelope: &Envelope,
     opts: &ConvertOptions,
 ) -> Result<Vec<GraphPlan>, ConvertError> {
-    if raw.iter().all(u8::is_ascii_whitespace) {
-        return Err(ConvertError::Empty);
-    }
-    let repaired = text::repair_header_bytes(raw);
-    let parsed: &[u8] = &repaired;
+    // Checked again here: mail spooled by an older version never went through `precheck`.
+    check_shape(raw)?;
+    let prepared = text::prepare(raw);
+    let parsed: &[u8] = &prepared.bytes;
     let msg = parse(parsed, false).ok_or(ConvertError::Unparseable)?;
-    if msg.headers().is_empty() {
-        return Err(ConvertError::Unparseable);
-    }
 
     let to = recipients::header_addrs(msg.all_to());
     let cc = recipients::header_addrs(msg.all_cc());
@@ -267,10 +285,7 @@ pub fn convert(
             .collect();
     }
 
-    // Repairing the header section lengthens it; body offsets in `parsed` are this far past
-    // the same bytes in `raw` (the spooled file the uploads read from).
-    let shift = parsed.len() - raw.len();
-    let content = body::extract(&msg, parsed, shift);
+    let content = body::extract(&msg, parsed, raw, prepared.shift);
     let fields = headers::raw_fields(&msg, parsed);
     let reply_to: Vec<Recipient> = if reply_to.is_empty() {
         sender.reply_to.iter().map(|a| a.recipient()).collect()

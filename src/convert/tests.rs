@@ -329,11 +329,9 @@ fn signed_mail_goes_as_mime_with_bcc() {
 fn precheck_refuses_only_hopeless_mail() {
     assert_eq!(precheck(b""), Err(ConvertError::Empty));
     assert_eq!(precheck(b" \r\n\r\n"), Err(ConvertError::Empty));
-    assert_eq!(
-        precheck(b"just some text\r\nwithout headers\r\n"),
-        Err(ConvertError::Unparseable)
-    );
-    assert_eq!(precheck(b"\r\n\r\nbody"), Err(ConvertError::Unparseable));
+    // No header section: delivered as its body (see `headerless_mail_keeps_its_body`).
+    assert_eq!(precheck(b"just some text\r\nwithout headers\r\n"), Ok(()));
+    assert_eq!(precheck(b"\r\n\r\nbody"), Ok(()));
     assert_eq!(precheck(SIMPLE), Ok(()));
     assert_eq!(precheck(b"Subject: no from, no to\r\n\r\n"), Ok(()));
     let mut big = SIGNED.to_vec();

@@ -39,14 +39,115 @@ pub(crate) fn non_empty(s: &str) -> Option<String> {
     (!s.is_empty()).then_some(s)
 }
 
-/// Headers sent with raw 8-bit bytes that are not UTF-8 (old PHP scripts, printers) are read
-/// as windows-1252, line by line, so "café" survives instead of turning into U+FFFD. Only the
-/// header section changes; the body bytes are kept as they are. Borrowed when nothing changes.
-pub(crate) fn repair_header_bytes(raw: &[u8]) -> Cow<'_, [u8]> {
-    let end = header_section_end(raw);
-    let head = &raw[..end];
-    if std::str::from_utf8(head).is_ok() {
-        return Cow::Borrowed(raw);
+/// Where the top-level header section ends. One definition for everything that splits a
+/// message into header and body (the parse, the MIME rewrite, the streamed attachment ranges),
+/// so they can never disagree about where a byte is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct HeaderSection {
+    /// Offset just past the last header field (and its continuation lines).
+    pub fields_end: usize,
+    /// Offset of the first body byte: past the separator line, or `fields_end` when the body
+    /// starts without one (then the section needs a separator before mail-parser reads it).
+    pub body_start: usize,
+}
+
+impl HeaderSection {
+    /// The body follows the fields with no separator line between them.
+    pub(crate) fn lacks_separator(&self) -> bool {
+        self.fields_end == self.body_start
+    }
+}
+
+/// Finds the header section the way mail-parser 0.11 ends it, plus Postfix's rule for a line
+/// that is not a header field:
+/// - a line starting with a space or tab right after a field continues it (mail-parser folds it
+///   into the value, even when the rest of the line is blank);
+/// - any other line of only spaces, tabs, CRs and form feeds (an empty line, but also `\r\r\n`
+///   or `" \r\n"`) is the separator: mail-parser's `parse_headers` skips ASCII whitespace at the
+///   start of each field and stops at the first LF it reaches that way;
+/// - a line that is neither a field nor a continuation starts the body. mail-parser would drop
+///   such a line and read on for headers; Postfix's cleanup (`is_header()`: printable ASCII name,
+///   optional blanks, colon) and mail readers take it, and everything after it, as the body, and
+///   so does the relay. A message whose first line is not a field has no header section at all.
+///
+/// One exception: a first line `From ...` (an mbox envelope line some sendmail-style programs
+/// leave in) stays in the header section, where mail-parser reads it as an unknown field.
+pub(crate) fn header_section(raw: &[u8]) -> HeaderSection {
+    let mut pos = 0;
+    let mut in_field = false;
+    while pos < raw.len() {
+        let end = raw[pos..]
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(raw.len(), |i| pos + i + 1);
+        let line = &raw[pos..end];
+        let content = line.strip_suffix(b"\n").unwrap_or(line);
+        let folds = in_field && matches!(content.first(), Some(b' ' | b'\t'));
+        if !folds {
+            if content
+                .iter()
+                .all(|b| matches!(b, b' ' | b'\t' | b'\r' | b'\x0c'))
+            {
+                return HeaderSection {
+                    fields_end: pos,
+                    body_start: end,
+                };
+            }
+            let mbox_line = pos == 0 && content.starts_with(b"From ");
+            if !is_field(content) && !mbox_line {
+                return HeaderSection {
+                    fields_end: pos,
+                    body_start: pos,
+                };
+            }
+            in_field = true;
+        }
+        pos = end;
+    }
+    HeaderSection {
+        fields_end: raw.len(),
+        body_start: raw.len(),
+    }
+}
+
+/// Postfix's `is_header()`: a name of printable ASCII other than `:`, optional blanks, a colon.
+fn is_field(line: &[u8]) -> bool {
+    let name_len = line
+        .iter()
+        .take_while(|&&b| b.is_ascii_graphic() && b != b':')
+        .count();
+    name_len > 0
+        && line[name_len..]
+            .iter()
+            .find(|&&b| b != b' ' && b != b'\t')
+            .is_some_and(|&b| b == b':')
+}
+
+/// The message as mail-parser gets it: the header section made readable, the body bytes
+/// untouched, so every body offset in the parse is [`Prepared::shift`] bytes past the same byte
+/// in the spooled message.
+pub(crate) struct Prepared<'a> {
+    pub bytes: Cow<'a, [u8]>,
+    pub shift: usize,
+}
+
+/// Two repairs of the header section, both only before the body:
+/// - headers sent with raw 8-bit bytes that are not UTF-8 (old PHP scripts, printers) are read
+///   as windows-1252, line by line, so "café" survives instead of turning into U+FFFD;
+/// - a body that starts without a separator line (see [`header_section`]) gets one, so
+///   mail-parser reads it as the body instead of dropping its first line.
+///
+/// Borrowed when nothing changes.
+pub(crate) fn prepare(raw: &[u8]) -> Prepared<'_> {
+    let section = header_section(raw);
+    let head = &raw[..section.body_start];
+    let add_separator = section.lacks_separator() && section.body_start < raw.len();
+    let repair = std::str::from_utf8(head).is_err();
+    if !repair && !add_separator {
+        return Prepared {
+            bytes: Cow::Borrowed(raw),
+            shift: 0,
+        };
     }
     let mut out = Vec::with_capacity(raw.len() + 64);
     for line in head.split_inclusive(|&b| b == b'\n') {
@@ -55,26 +156,14 @@ pub(crate) fn repair_header_bytes(raw: &[u8]) -> Cow<'_, [u8]> {
             Err(_) => out.extend_from_slice(windows_1252(line).as_bytes()),
         }
     }
-    out.extend_from_slice(&raw[end..]);
-    Cow::Owned(out)
-}
-
-/// Offset where the header section ends: just after the first empty line (CRLF or bare LF), or
-/// the end of the input when there is none.
-pub(crate) fn header_section_end(raw: &[u8]) -> usize {
-    let mut pos = 0;
-    while pos < raw.len() {
-        let line_end = match raw[pos..].iter().position(|&b| b == b'\n') {
-            Some(i) => pos + i + 1,
-            None => return raw.len(),
-        };
-        let line = &raw[pos..line_end];
-        if line == b"\n" || line == b"\r\n" {
-            return line_end;
-        }
-        pos = line_end;
+    if add_separator {
+        out.extend_from_slice(b"\r\n");
     }
-    raw.len()
+    out.extend_from_slice(&raw[section.body_start..]);
+    Prepared {
+        shift: out.len() - raw.len(),
+        bytes: Cow::Owned(out),
+    }
 }
 
 /// windows-1252 → UTF-8 (the 0x80..0x9F range mapped as Windows does; undefined bytes kept as
@@ -203,16 +292,66 @@ mod tests {
     #[test]
     fn repairs_latin1_header_lines_only() {
         let raw = b"Subject: caf\xe9 \x80\r\nFrom: a@b\r\n\r\nbody \xe9";
-        let fixed = repair_header_bytes(raw);
+        let fixed = prepare(raw);
         let mut want = "Subject: café €\r\nFrom: a@b\r\n\r\nbody "
             .as_bytes()
             .to_vec();
         want.push(0xe9);
-        assert_eq!(&fixed[..], &want[..]);
-        assert!(matches!(
-            repair_header_bytes(b"A: b\r\n\r\n\xff"),
-            Cow::Borrowed(_)
-        ));
+        assert_eq!(&fixed.bytes[..], &want[..]);
+        assert_eq!(fixed.shift, want.len() - raw.len());
+        assert!(matches!(prepare(b"A: b\r\n\r\n\xff").bytes, Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn header_section_ends_where_mail_parser_ends_it() {
+        let section = |raw: &[u8]| {
+            let s = header_section(raw);
+            (s.fields_end, s.body_start)
+        };
+        // Empty line, whitespace-only line, bare LF.
+        assert_eq!(section(b"A: 1\r\n\r\nbody"), (6, 8));
+        assert_eq!(section(b"A: 1\r\n\r\r\nbody"), (6, 9));
+        assert_eq!(section(b"A: 1\n\nbody"), (5, 6));
+        // A blank line that starts with a space right after a field folds into it.
+        assert_eq!(section(b"A: 1\r\n \r\nB: 2\r\n\r\nx"), (15, 17));
+        // ...but ends the section where no field precedes it.
+        assert_eq!(section(b" \r\nbody"), (0, 3));
+        // A line that is no field starts the body; so does an indented first line.
+        assert_eq!(section(b"A: 1\r\nHello world\r\n"), (6, 6));
+        assert_eq!(section(b"Hello\r\nA: 1\r\n"), (0, 0));
+        assert_eq!(section(b"  A: 1\r\n\r\n"), (0, 0));
+        assert_eq!(section(b"Bad name: 1\r\n\r\n"), (0, 0));
+        // Blanks before the colon are allowed (RFC 822); an mbox From_ line is kept.
+        assert_eq!(section(b"A : 1\r\n\r\n"), (7, 9));
+        assert_eq!(section(b"From a@b Mon Jan  1 00:00:00 2024\nA: 1\n\nx"), (39, 40));
+        // Headers only.
+        assert_eq!(section(b"A: 1\r\n"), (6, 6));
+        assert_eq!(section(b""), (0, 0));
+    }
+
+    #[test]
+    fn mail_parser_reads_the_prepared_body_where_the_section_says() {
+        use mail_parser::MessageParser;
+        for raw in [
+            &b"A: 1\r\n\r\r\nbody\r\n"[..],
+            b"A: 1\r\nHello world\r\nsecond\r\n",
+            b"Hello world\r\nA: 1\r\n",
+            b"Subject: caf\xe9\r\n \t\r\nX-A: 1\r\n \r\n\x0c\r\nbody",
+            b"  A: 1\r\nB: 2\r\n\r\nbody",
+        ] {
+            let section = header_section(raw);
+            let prepared = prepare(raw);
+            let msg = MessageParser::new()
+                .parse(&prepared.bytes[..])
+                .expect("parses");
+            let offset_body = msg.root_part().offset_body as usize;
+            assert_eq!(
+                offset_body - prepared.shift,
+                section.body_start,
+                "{:?}",
+                String::from_utf8_lossy(raw)
+            );
+        }
     }
 
     #[test]
