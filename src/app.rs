@@ -158,6 +158,8 @@ pub async fn start(config: Config, opts: StartOptions) -> Result<Running, AppErr
             graph_stats.clone(),
         ))
     };
+    let settings =
+        Arc::new(SmtpSettings::try_from_config(&config).map_err(|e| AppError::Tls(e.to_string()))?);
     let manager = QueueManager::new(
         spool.clone(),
         transport,
@@ -173,6 +175,8 @@ pub async fn start(config: Config, opts: StartOptions) -> Result<Running, AppErr
         opts.clock.clone(),
         counters.clone(),
         !opts.dry_run,
+        // One budget for reception and conversion (`smtp.data_memory_bytes`).
+        settings.shared_memory(),
     );
     let waker = manager.waker();
     let shutdown = CancellationToken::new();
@@ -184,8 +188,6 @@ pub async fn start(config: Config, opts: StartOptions) -> Result<Running, AppErr
         counters: counters.clone(),
         manager: manager.clone(),
     });
-    let settings =
-        Arc::new(SmtpSettings::try_from_config(&config).map_err(|e| AppError::Tls(e.to_string()))?);
     let mut smtp_addrs = Vec::new();
     for addr in &config.smtp.listen {
         let (listener, bound) = bind(*addr).await?;

@@ -206,8 +206,10 @@ fn plain_text(p: &MessagePart<'_>) -> String {
 /// like that which is not named or marked as an attachment is body text here.
 fn is_bare_text(p: &MessagePart<'_>) -> bool {
     matches!(p.body, PartType::Text(_))
-        && p.content_type()
-            .is_some_and(|c| c.ctype().eq_ignore_ascii_case("text") && c.subtype().is_none_or(|s| s.trim().is_empty()))
+        && p.content_type().is_some_and(|c| {
+            c.ctype().eq_ignore_ascii_case("text")
+                && c.subtype().is_none_or(|s| s.trim().is_empty())
+        })
         && p.attachment_name().is_none()
         && !p.content_disposition().is_some_and(|d| d.is_attachment())
 }

@@ -35,7 +35,7 @@ use sha2::{Digest, Sha256};
 use crate::spool::Envelope;
 use graph_json::{FileAttachment, Message, Recipient, SendMail};
 
-pub use headers::MAX_INTERNET_MESSAGE_HEADERS;
+pub use headers::{MAX_HEADER_VALUE_BYTES, MAX_INTERNET_MESSAGE_HEADERS};
 pub use nesting::MAX_MIME_NESTING;
 pub use recipients::MAX_RECIPIENTS_PER_MESSAGE;
 
@@ -407,6 +407,22 @@ fn json_len<T: Serialize>(value: &T) -> usize {
 }
 
 impl GraphPlan {
+    /// Bytes this plan keeps in memory until it is sent: its JSON (inline attachments in it as
+    /// base64) and the decoded bytes of uploads held in memory. Streamed uploads hold none.
+    pub fn held_bytes(&self) -> usize {
+        match &self.request {
+            PlanRequest::SendMail(send) => json_len(send),
+            PlanRequest::Mime { base64 } => base64.len(),
+            PlanRequest::Draft { message, uploads } => uploads
+                .iter()
+                .map(|u| match &u.data {
+                    AttachmentData::Bytes(bytes) => bytes.len(),
+                    AttachmentData::Base64 { .. } => 0,
+                })
+                .fold(json_len(message), usize::saturating_add),
+        }
+    }
+
     /// The plan as reviewable JSON (used by `examples/eml2graph.rs` and the corpus goldens):
     /// `{"mailbox", "recipients", "request": "sendMail"|"mime"|"draft", ...}` with the sendMail
     /// body, the decoded MIME text, or the draft message plus uploads (name, type, size, sha256).

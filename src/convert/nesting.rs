@@ -73,9 +73,7 @@ fn exceeds_at(raw: &[u8], limit: usize, encoded_levels: usize) -> bool {
         };
         let encoding = match headers.header_value(&HeaderName::ContentTransferEncoding) {
             Some(HeaderValue::Text(e)) if e.eq_ignore_ascii_case("base64") => Some(true),
-            Some(HeaderValue::Text(e)) if e.eq_ignore_ascii_case("quoted-printable") => {
-                Some(false)
-            }
+            Some(HeaderValue::Text(e)) if e.eq_ignore_ascii_case("quoted-printable") => Some(false),
             _ => None,
         };
         if is_message && encoding.is_none() {
@@ -176,7 +174,8 @@ mod tests {
 
     #[test]
     fn siblings_are_not_depth() {
-        let mut raw = b"From: a@b.example\r\nContent-Type: multipart/mixed; boundary=o\r\n\r\n".to_vec();
+        let mut raw =
+            b"From: a@b.example\r\nContent-Type: multipart/mixed; boundary=o\r\n\r\n".to_vec();
         for _ in 0..300 {
             raw.extend_from_slice(
                 b"--o\r\nContent-Type: multipart/alternative; boundary=i\r\n\r\n--i\r\n\r\nx\r\n--i--\r\n",

@@ -33,6 +33,32 @@ pub(crate) fn body_text(s: &str) -> Cow<'_, str> {
     }
 }
 
+/// Exchange's subject limit, in characters; display names are cut to it too (Exchange's own
+/// display names stop at 256).
+pub(crate) const MAX_FIELD_CHARS: usize = 255;
+
+/// Cuts `s` to at most `max` characters; the length it had when it was cut.
+pub(crate) fn cut_chars(s: &mut String, max: usize) -> Option<usize> {
+    let (at, _) = s.char_indices().nth(max)?;
+    let chars = max + s[at..].chars().count();
+    s.truncate(at);
+    Some(chars)
+}
+
+/// Cuts `s` to at most `max` bytes, at a character boundary; the length it had when it was cut.
+pub(crate) fn cut_bytes(s: &mut String, max: usize) -> Option<usize> {
+    let len = s.len();
+    if len <= max {
+        return None;
+    }
+    let at = (0..=max)
+        .rev()
+        .find(|&i| s.is_char_boundary(i))
+        .unwrap_or(0);
+    s.truncate(at);
+    Some(len)
+}
+
 /// `Some(one_line(s))` unless that is empty.
 pub(crate) fn non_empty(s: &str) -> Option<String> {
     let s = one_line(s);
@@ -299,7 +325,10 @@ mod tests {
         want.push(0xe9);
         assert_eq!(&fixed.bytes[..], &want[..]);
         assert_eq!(fixed.shift, want.len() - raw.len());
-        assert!(matches!(prepare(b"A: b\r\n\r\n\xff").bytes, Cow::Borrowed(_)));
+        assert!(matches!(
+            prepare(b"A: b\r\n\r\n\xff").bytes,
+            Cow::Borrowed(_)
+        ));
     }
 
     #[test]
@@ -323,7 +352,10 @@ mod tests {
         assert_eq!(section(b"Bad name: 1\r\n\r\n"), (0, 0));
         // Blanks before the colon are allowed (RFC 822); an mbox From_ line is kept.
         assert_eq!(section(b"A : 1\r\n\r\n"), (7, 9));
-        assert_eq!(section(b"From a@b Mon Jan  1 00:00:00 2024\nA: 1\n\nx"), (39, 40));
+        assert_eq!(
+            section(b"From a@b Mon Jan  1 00:00:00 2024\nA: 1\n\nx"),
+            (39, 40)
+        );
         // Headers only.
         assert_eq!(section(b"A: 1\r\n"), (6, 6));
         assert_eq!(section(b""), (0, 0));
@@ -364,6 +396,18 @@ mod tests {
         assert_eq!(unflow("Ab \r\ncd", true), "Abcd");
         assert_eq!(unflow(" From me", false), "From me");
         assert_eq!(unflow("", false), "");
+    }
+
+    #[test]
+    fn cuts_at_character_boundaries() {
+        let mut s = "aé€b".to_string();
+        assert_eq!(cut_chars(&mut s, 4), None);
+        assert_eq!(cut_chars(&mut s, 2), Some(4));
+        assert_eq!(s, "aé");
+        let mut s = "aé€b".to_string();
+        assert_eq!(cut_bytes(&mut s, 5), Some(7));
+        assert_eq!(s, "aé", "the euro sign's three bytes do not fit in two");
+        assert_eq!(cut_bytes(&mut s, 10), None);
     }
 
     #[test]
