@@ -19,7 +19,7 @@ use sha2::{Digest, Sha256};
 use super::base64_stream::Base64Decoder;
 use super::graph_json::{BodyType, ItemBody};
 use super::html;
-use super::text::{self, body_text, one_line};
+use super::text::{self, Prepared, body_text, one_line};
 use super::{AttachmentData, LargeAttachment, MAX_INLINE_ATTACHMENT_BYTES};
 
 /// Body and attachments of one message.
@@ -40,9 +40,9 @@ struct Found {
     message_subject: Option<String>,
 }
 
-/// `parsed` is what `msg` was parsed from; its body offsets are `shift` bytes past the same bytes
-/// in `spooled`, the message as the spool holds it (see `text::prepare`).
-pub(crate) fn extract(msg: &Message<'_>, parsed: &[u8], spooled: &[u8], shift: usize) -> Content {
+/// `prepared` is what `msg` was parsed from; `spooled` the message as the spool holds it.
+pub(crate) fn extract(msg: &Message<'_>, prepared: &Prepared<'_>, spooled: &[u8]) -> Content {
+    let parsed: &[u8] = &prepared.bytes;
     let bare_texts: Vec<&MessagePart<'_>> = msg.attachments().filter(|p| is_bare_text(p)).collect();
     let html_parts: Vec<&MessagePart<'_>> = (0..msg.html_body_count())
         .filter_map(|i| msg.html_part(i as u32))
@@ -130,7 +130,7 @@ pub(crate) fn extract(msg: &Message<'_>, parsed: &[u8], spooled: &[u8], shift: u
         let is_inline = content_id
             .as_deref()
             .is_some_and(|c| cids.contains(&c.to_lowercase()));
-        let (size, data) = part_data(p, parsed, spooled, shift);
+        let (size, data) = part_data(p, parsed, prepared, spooled);
         found.push(Found {
             name: p
                 .attachment_name()
@@ -237,16 +237,16 @@ fn type_of(p: &MessagePart<'_>) -> (String, String) {
 fn part_data(
     p: &MessagePart<'_>,
     parsed: &[u8],
+    prepared: &Prepared<'_>,
     spooled: &[u8],
-    shift: usize,
 ) -> (usize, AttachmentData) {
     let size = p.contents().len();
     let streamable = p.encoding == Encoding::Base64
         && !p.is_encoding_problem
         && matches!(p.body, PartType::Binary(_) | PartType::InlineBinary(_))
         && size >= MAX_INLINE_ATTACHMENT_BYTES;
-    let start = (p.offset_body as usize).checked_sub(shift);
-    let end = (p.offset_end as usize).checked_sub(shift);
+    let start = prepared.spooled_offset(p.offset_body as usize);
+    let end = prepared.spooled_offset(p.offset_end as usize);
     if streamable && let (Some(start), Some(end)) = (start, end) {
         let encoded = start..end;
         match verify_range(spooled, encoded.clone(), p.contents()) {
@@ -449,8 +449,11 @@ mod tests {
     use mail_parser::MessageParser;
 
     fn content(raw: &[u8]) -> Content {
-        let msg = MessageParser::new().parse(raw).expect("parses");
-        extract(&msg, raw, raw, 0)
+        let prepared = text::prepare(raw);
+        let msg = MessageParser::new()
+            .parse(&prepared.bytes[..])
+            .expect("parses");
+        extract(&msg, &prepared, raw)
     }
 
     fn bytes(part: &LargeAttachment) -> &[u8] {

@@ -19,7 +19,7 @@ use mail_parser::{Message, MimeHeaders};
 
 use super::recipients::{Group, HeaderAddr};
 use super::sender::SenderPlan;
-use super::text::{address_key, header_section};
+use super::text::{address_key, fields, header_section};
 
 /// True for mail that must go as MIME: its top-level type is multipart/signed,
 /// multipart/encrypted, application/pkcs7-mime or application/x-pkcs7-mime.
@@ -53,23 +53,7 @@ pub(crate) fn rewrite(
         b"\n"
     };
 
-    // Header fields, each with its continuation lines.
-    let mut fields: Vec<&[u8]> = Vec::new();
-    let mut field_start: Option<usize> = None;
-    let mut pos = 0;
-    for line in head.split_inclusive(|&b| b == b'\n') {
-        let continues = matches!(line.first(), Some(b' ' | b'\t'));
-        if !continues {
-            if let Some(start) = field_start {
-                fields.push(&head[start..pos]);
-            }
-            field_start = Some(pos);
-        }
-        pos += line.len();
-    }
-    if let Some(start) = field_start {
-        fields.push(&head[start..pos]);
-    }
+    let fields: Vec<&[u8]> = fields(head).collect();
 
     let keys = group.keys();
     let rewrite_to_cc = header_to_cc

@@ -36,7 +36,7 @@ use crate::spool::Envelope;
 use graph_json::{FileAttachment, Message, Recipient, SendMail};
 
 pub use headers::{MAX_HEADER_VALUE_BYTES, MAX_INTERNET_MESSAGE_HEADERS};
-pub use nesting::MAX_MIME_NESTING;
+pub use nesting::{MAX_MIME_NESTING, MAX_MIME_PARTS, MAX_PART_HEADER_BYTES};
 pub use recipients::MAX_RECIPIENTS_PER_MESSAGE;
 
 /// A Graph request body must stay below this many bytes (Graph's "4 MB"; the decimal reading
@@ -182,8 +182,14 @@ pub enum ConvertError {
     #[error("message cannot be parsed as MIME")]
     Unparseable,
     /// Permanent: multiparts or attached messages nest deeper than [`MAX_MIME_NESTING`].
-    #[error("MIME structure nested too deeply (limit {limit})")]
-    TooDeep { limit: usize },
+    #[error("MIME structure nested too deeply (limit {MAX_MIME_NESTING})")]
+    TooDeep,
+    /// Permanent: more MIME parts than [`MAX_MIME_PARTS`].
+    #[error("too many MIME parts (limit {MAX_MIME_PARTS})")]
+    TooManyParts,
+    /// Permanent: the parts' header sections hold more than [`MAX_PART_HEADER_BYTES`].
+    #[error("MIME part headers too large (limit {MAX_PART_HEADER_BYTES} bytes)")]
+    PartHeadersTooLarge,
     /// Permanent: the envelope names no recipient.
     #[error("no recipients: the envelope has no RCPT TO address")]
     NoRecipients,
@@ -218,9 +224,7 @@ impl ConvertError {
 /// decodes a part. A message without a header section passes: it is delivered as its body, from
 /// the envelope sender, as Postfix would.
 pub fn precheck(raw: &[u8]) -> Result<(), ConvertError> {
-    check_shape(raw)?;
-    let head = &raw[..text::header_section(raw).body_start];
-    let prepared = text::prepare(head);
+    let prepared = prepare(raw)?;
     let signed = parse(&prepared.bytes, true).is_some_and(|msg| mime::is_signed_or_encrypted(&msg));
     let size = base64_len(raw.len());
     if signed && size >= MAX_REQUEST_BYTES {
@@ -229,17 +233,19 @@ pub fn precheck(raw: &[u8]) -> Result<(), ConvertError> {
     Ok(())
 }
 
-/// What both `precheck` and `convert` refuse before mail-parser sees the message.
-fn check_shape(raw: &[u8]) -> Result<(), ConvertError> {
+/// The message as mail-parser may get it ([`text::prepare`]), once its structure is within the
+/// limits that bound mail-parser's memory; both `precheck` and `convert` refuse the rest.
+fn prepare(raw: &[u8]) -> Result<text::Prepared<'_>, ConvertError> {
     if raw.iter().all(u8::is_ascii_whitespace) {
         return Err(ConvertError::Empty);
     }
-    if nesting::exceeds(raw, MAX_MIME_NESTING) {
-        return Err(ConvertError::TooDeep {
-            limit: MAX_MIME_NESTING,
-        });
-    }
-    Ok(())
+    let prepared = text::prepare(raw);
+    nesting::check(&prepared.bytes).map_err(|excess| match excess {
+        nesting::Excess::Depth => ConvertError::TooDeep,
+        nesting::Excess::Parts => ConvertError::TooManyParts,
+        nesting::Excess::HeaderBytes => ConvertError::PartHeadersTooLarge,
+    })?;
+    Ok(prepared)
 }
 
 /// Converts one spooled message into the Graph requests that deliver it: one plan per group of
@@ -250,8 +256,7 @@ pub fn convert(
     opts: &ConvertOptions,
 ) -> Result<Vec<GraphPlan>, ConvertError> {
     // Checked again here: mail spooled by an older version never went through `precheck`.
-    check_shape(raw)?;
-    let prepared = text::prepare(raw);
+    let prepared = prepare(raw)?;
     let parsed: &[u8] = &prepared.bytes;
     let msg = parse(parsed, false).ok_or(ConvertError::Unparseable)?;
 
@@ -285,7 +290,7 @@ pub fn convert(
             .collect();
     }
 
-    let content = body::extract(&msg, parsed, raw, prepared.shift);
+    let content = body::extract(&msg, &prepared, raw);
     let fields = headers::raw_fields(&msg, parsed);
     let reply_to: Vec<Recipient> = if reply_to.is_empty() {
         sender.reply_to.iter().map(|a| a.recipient()).collect()

@@ -149,19 +149,39 @@ fn is_field(line: &[u8]) -> bool {
             .is_some_and(|&b| b == b':')
 }
 
-/// The message as mail-parser gets it: the header section made readable, the body bytes
-/// untouched, so every body offset in the parse is [`Prepared::shift`] bytes past the same byte
-/// in the spooled message.
+/// Longest header field (with its continuation lines) mail-parser is given: Exchange's limit for
+/// a whole header section. Past it a field is cut.
+pub(crate) const MAX_HEADER_FIELD_BYTES: usize = 256 * 1024;
+/// Most header bytes mail-parser is given. Its memory grows up to ~40 times the size of a header
+/// section made of tiny fields or addresses, so the section is bounded; fields past this are
+/// dropped (Exchange refuses headers over 256 KB anyway).
+pub(crate) const MAX_HEADER_SECTION_BYTES: usize = 1024 * 1024;
+
+/// The message as mail-parser gets it: the header section made readable and bounded, the body
+/// bytes untouched, so a body offset in the parse maps to the spooled message by a constant.
 pub(crate) struct Prepared<'a> {
     pub bytes: Cow<'a, [u8]>,
-    pub shift: usize,
+    /// Where the body starts in `bytes` and in the spooled message.
+    parsed_body: usize,
+    spooled_body: usize,
 }
 
-/// Two repairs of the header section, both only before the body:
+impl Prepared<'_> {
+    /// The spooled message's offset of the byte at `parsed` in `bytes`; `None` inside the
+    /// header section, which was rewritten.
+    pub(crate) fn spooled_offset(&self, parsed: usize) -> Option<usize> {
+        Some(parsed.checked_sub(self.parsed_body)? + self.spooled_body)
+    }
+}
+
+/// Repairs of the top-level header section, all before the body:
 /// - headers sent with raw 8-bit bytes that are not UTF-8 (old PHP scripts, printers) are read
 ///   as windows-1252, line by line, so "café" survives instead of turning into U+FFFD;
 /// - a body that starts without a separator line (see [`header_section`]) gets one, so
-///   mail-parser reads it as the body instead of dropping its first line.
+///   mail-parser reads it as the body instead of dropping its first line;
+/// - a field over [`MAX_HEADER_FIELD_BYTES`] is cut, and fields past
+///   [`MAX_HEADER_SECTION_BYTES`] are dropped, each with a warning (Postfix's cleanup likewise
+///   discards what is past its `header_size_limit`).
 ///
 /// Borrowed when nothing changes.
 pub(crate) fn prepare(raw: &[u8]) -> Prepared<'_> {
@@ -169,27 +189,81 @@ pub(crate) fn prepare(raw: &[u8]) -> Prepared<'_> {
     let head = &raw[..section.body_start];
     let add_separator = section.lacks_separator() && section.body_start < raw.len();
     let repair = std::str::from_utf8(head).is_err();
-    if !repair && !add_separator {
+    let too_big = section.fields_end > MAX_HEADER_SECTION_BYTES
+        || fields(&raw[..section.fields_end]).any(|f| f.len() > MAX_HEADER_FIELD_BYTES);
+    if !repair && !add_separator && !too_big {
         return Prepared {
             bytes: Cow::Borrowed(raw),
-            shift: 0,
+            parsed_body: section.body_start,
+            spooled_body: section.body_start,
         };
     }
     let mut out = Vec::with_capacity(raw.len() + 64);
-    for line in head.split_inclusive(|&b| b == b'\n') {
-        match std::str::from_utf8(line) {
-            Ok(_) => out.extend_from_slice(line),
-            Err(_) => out.extend_from_slice(windows_1252(line).as_bytes()),
+    let (mut cut, mut dropped) = (0, 0);
+    for field in fields(&raw[..section.fields_end]) {
+        let mut field = field;
+        if field.len() > MAX_HEADER_FIELD_BYTES {
+            field = &field[..MAX_HEADER_FIELD_BYTES];
+            cut += 1;
         }
+        if out.len() + field.len() + 2 > MAX_HEADER_SECTION_BYTES {
+            dropped += 1;
+            continue;
+        }
+        for line in field.split_inclusive(|&b| b == b'\n') {
+            match std::str::from_utf8(line) {
+                Ok(_) => out.extend_from_slice(line),
+                Err(_) => out.extend_from_slice(windows_1252(line).as_bytes()),
+            }
+        }
+        if !field.ends_with(b"\n") {
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+    if cut + dropped > 0 {
+        tracing::warn!(
+            cut,
+            dropped,
+            field_limit = MAX_HEADER_FIELD_BYTES,
+            section_limit = MAX_HEADER_SECTION_BYTES,
+            "header section too large: fields cut or dropped before conversion"
+        );
     }
     if add_separator {
         out.extend_from_slice(b"\r\n");
+    } else {
+        out.extend_from_slice(&raw[section.fields_end..section.body_start]);
     }
+    let parsed_body = out.len();
     out.extend_from_slice(&raw[section.body_start..]);
     Prepared {
-        shift: out.len() - raw.len(),
         bytes: Cow::Owned(out),
+        parsed_body,
+        spooled_body: section.body_start,
     }
+}
+
+/// The fields of a header section (up to `fields_end`), each with its continuation lines.
+pub(crate) fn fields(head: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut rest = head;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let mut end = 0;
+        loop {
+            end = rest[end..]
+                .iter()
+                .position(|&b| b == b'\n')
+                .map_or(rest.len(), |i| end + i + 1);
+            if !matches!(rest.get(end), Some(b' ' | b'\t')) {
+                break;
+            }
+        }
+        let (field, tail) = rest.split_at(end);
+        rest = tail;
+        Some(field)
+    })
 }
 
 /// windows-1252 → UTF-8 (the 0x80..0x9F range mapped as Windows does; undefined bytes kept as
@@ -324,7 +398,8 @@ mod tests {
             .to_vec();
         want.push(0xe9);
         assert_eq!(&fixed.bytes[..], &want[..]);
-        assert_eq!(fixed.shift, want.len() - raw.len());
+        let body = raw.len() - 5;
+        assert_eq!(fixed.spooled_offset(want.len() - 5), Some(body));
         assert!(matches!(
             prepare(b"A: b\r\n\r\n\xff").bytes,
             Cow::Borrowed(_)
@@ -378,8 +453,8 @@ mod tests {
                 .expect("parses");
             let offset_body = msg.root_part().offset_body as usize;
             assert_eq!(
-                offset_body - prepared.shift,
-                section.body_start,
+                prepared.spooled_offset(offset_body),
+                Some(section.body_start),
                 "{:?}",
                 String::from_utf8_lossy(raw)
             );
@@ -396,6 +471,25 @@ mod tests {
         assert_eq!(unflow("Ab \r\ncd", true), "Abcd");
         assert_eq!(unflow(" From me", false), "From me");
         assert_eq!(unflow("", false), "");
+    }
+
+    #[test]
+    fn a_huge_header_section_is_bounded_and_the_body_kept() {
+        let mut raw = b"From: a@b\r\nX-Big: ".to_vec();
+        raw.extend(std::iter::repeat_n(b'v', 3 * MAX_HEADER_FIELD_BYTES));
+        raw.extend_from_slice(b"\r\n");
+        for _ in 0..MAX_HEADER_SECTION_BYTES / 5 {
+            raw.extend_from_slice(b"X:1\r\n");
+        }
+        raw.extend_from_slice(b"Subject: late\r\n\r\nbody");
+        let prepared = prepare(&raw);
+        assert!(prepared.bytes.len() < MAX_HEADER_SECTION_BYTES + 10);
+        assert!(prepared.bytes.ends_with(b"\r\n\r\nbody"));
+        let body = prepared.bytes.len() - 4;
+        assert_eq!(prepared.spooled_offset(body), Some(raw.len() - 4));
+        assert_eq!(prepared.spooled_offset(3), None);
+        let fields: Vec<&[u8]> = fields(b"A: 1\r\n 2\r\nB: 3\nC: 4").collect();
+        assert_eq!(fields, [&b"A: 1\r\n 2\r\n"[..], b"B: 3\n", b"C: 4"]);
     }
 
     #[test]

@@ -24,12 +24,18 @@ use crate::status::Counters;
 pub const PER_MAILBOX: usize = 4;
 /// Messages being worked on at once, across all mailboxes.
 const WORKERS: usize = 16;
-/// Memory a conversion takes, as a multiple of the message size: the spooled bytes, the parse
-/// and the decoded parts, the plan. Measured with `examples/convert_peak.rs` over flat and
-/// worst-case shapes under the nesting limit (README, "Memory"); the worst was MEASURED_WORST.
-pub const CONVERT_MEMORY_FACTOR: usize = 4;
-/// Plus this much, for the parser's fixed costs and small messages.
-const CONVERT_MEMORY_BASE: usize = 1024 * 1024;
+/// Memory a conversion may take for a message of `size` bytes: the spooled bytes read back, then
+/// mail-parser's parse, the decoded parts, the body as UTF-8 text and JSON, and the plan. Measured
+/// with `examples/convert_peak.rs` (README, "Memory"): at most 4.9 times the size over the shapes
+/// the structure limits let through (many parts, quoted-printable HTML, nested messages), plus
+/// up to ~40 bytes per header byte for a top-level header section of tiny fields or addresses,
+/// which `convert` bounds to 1 MiB.
+pub fn convert_memory(size: usize) -> usize {
+    const HEADER_WORST: usize = 64 * 1024 * 1024;
+    size.saturating_mul(6)
+        .saturating_add(size.saturating_mul(64).min(HEADER_WORST))
+        .saturating_add(1024 * 1024)
+}
 /// What one delivery holds beyond its plan while it sends: one request body serialized (< 4 MB)
 /// and one upload chunk (≤ 4 MiB).
 const SEND_MEMORY: usize = 8 * 1024 * 1024;
@@ -367,10 +373,7 @@ impl QueueManager {
         record: &Record,
     ) -> Result<(Vec<GraphPlan>, Reservation), Option<DeliveryError>> {
         let size = usize::try_from(record.size).unwrap_or(usize::MAX);
-        let estimate = size
-            .saturating_mul(CONVERT_MEMORY_FACTOR)
-            .saturating_add(CONVERT_MEMORY_BASE);
-        let mut reservation = self.memory.reserve(estimate).await;
+        let mut reservation = self.memory.reserve(convert_memory(size)).await;
         let (spool, id, envelope) = (
             self.spool.clone(),
             record.id.clone(),
@@ -797,5 +800,77 @@ mod tests {
             assert_eq!(asked(), before + 1, "not asked after {wait} s");
         }
         Ok(())
+    }
+
+    /// Sends nothing, but says which message it was asked to send.
+    struct Recording(tokio::sync::mpsc::UnboundedSender<QueueId>);
+
+    #[async_trait::async_trait]
+    impl Transport for Recording {
+        async fn send(&self, delivery: &Delivery<'_>) -> Result<(), DeliveryError> {
+            let _ = self.0.send(delivery.id.clone());
+            Ok(())
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn conversion_waits_for_the_shared_memory_budget_and_never_fails_for_it() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let spool = Spool::open(dir.path())?;
+        let clock = Arc::new(ManualClock::new(SystemTime::now()));
+        let envelope = Envelope::new("a@x.org", vec!["b@y.org".into()]);
+        let record = spool.commit(&envelope, b"From: a@x.org\r\n\r\nhi\r\n", clock.now())?;
+        // Far less than one conversion's estimate: it may only run with all of it.
+        let budget = MemoryBudget::standalone(256 * 1024, 64 * 1024);
+        let (sent, mut sends) = tokio::sync::mpsc::unbounded_channel();
+        let manager = QueueManager::new(
+            spool.clone(),
+            Arc::new(Recording(sent)),
+            Arc::new(NeverAsked),
+            ConvertOptions {
+                sender: Some("a@x.org".into()),
+                ..ConvertOptions::default()
+            },
+            POLICY,
+            clock.clone(),
+            Arc::new(Counters::default()),
+            false,
+            budget.clone(),
+        );
+        // SMTP sessions hold every byte of it.
+        let receiving = budget.reserve(usize::MAX).await;
+        manager.pass().await;
+        let waited = tokio::time::timeout(Duration::from_secs(3600), sends.recv()).await;
+        assert!(
+            waited.is_err(),
+            "nothing converted while the budget is spent"
+        );
+        let queued = spool.list(Area::Queue)?;
+        assert_eq!(queued.len(), 1);
+        assert_eq!((queued[0].state, queued[0].attempts), (State::Pending, 0));
+
+        drop(receiving);
+        assert_eq!(sends.recv().await, Some(record.id));
+        // Delivered: the share is given back once the delivery task ends.
+        while budget.available_bytes() < budget.total_bytes() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(spool.list(Area::Queue)?.is_empty(), "delivered");
+        Ok(())
+    }
+
+    /// Dry-run delivery needs no token.
+    struct NeverAsked;
+
+    #[async_trait::async_trait]
+    impl TokenSource for NeverAsked {
+        async fn token(&self) -> Result<crate::auth::AccessToken, crate::auth::TokenError> {
+            panic!("no token is needed");
+        }
+        fn invalidate(&self, _: &crate::auth::AccessToken) {}
+        fn status_cell(&self) -> &crate::auth::StatusCell {
+            panic!("no token is needed");
+        }
+        fn rejected(&self, _: &str) {}
     }
 }
