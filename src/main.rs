@@ -22,6 +22,7 @@ use graph_relay::send_test;
 use graph_relay::spool::{QueueId, Spool, SpoolError, list_line};
 
 fn main() -> ExitCode {
+    graph_relay::memory::return_big_buffers_to_the_system();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(

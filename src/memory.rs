@@ -5,10 +5,27 @@
 //! `try_acquire`). Conversion waits for its share instead, since its message is already safe on
 //! disk; a share larger than the whole budget is cut to the whole budget, so a message bigger
 //! than all of it still converts, alone.
+//!
+//! The budget counts bytes in use; the process's resident size follows it only if freed big
+//! buffers go back to the system, which [`return_big_buffers_to_the_system`] arranges.
 
 use std::sync::Arc;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// Makes glibc give every freed allocation over 128 KiB back to the system at once. By default
+/// glibc raises that threshold each time such a buffer is freed (up to 32 MiB), after which
+/// message-sized buffers come from its heaps and stay resident, fragmented, once freed: 48
+/// messages of 31.5 MB pushed the relay to twice its 512 MiB budget that way, and to 1.0 times
+/// with a fixed threshold (`benches/memory_load.rs`). Call once at start-up, before threads.
+pub fn return_big_buffers_to_the_system() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets an allocator parameter; it is called before any other thread
+    // allocates.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+    }
+}
 
 /// Permits of `unit` bytes each, `total` of them.
 #[derive(Clone, Debug)]

@@ -248,4 +248,25 @@ mod tests {
         assert!(matches!(err, SourceError::Io { .. }), "{err}");
         Ok(())
     }
+
+    #[test]
+    fn changed_bytes_that_still_decode_never_complete_an_upload() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let (path, attachment, _) = spooled(dir.path())?;
+        let AttachmentData::Base64 { encoded, .. } = &attachment.data else {
+            return Err("expected a streamed attachment".into());
+        };
+        let mut raw = std::fs::read(&path)?;
+        let at = encoded.start + 100;
+        raw[at] = if raw[at] == b'A' { b'B' } else { b'A' };
+        std::fs::write(&path, &raw)?;
+        let mut reader = AttachmentReader::new(&attachment, &path);
+        let step = 3_276_800;
+        reader.read(0..step)?;
+        let err = reader
+            .read(step..5_000_000)
+            .expect_err("the last chunk is refused");
+        assert!(err.to_string().contains("SHA-256"), "{err}");
+        Ok(())
+    }
 }
