@@ -513,4 +513,18 @@ mod tests {
         assert_eq!(c.parts[0].name, "x.csv");
         assert_eq!(bytes(&c.parts[0]), b"caf\xe9;\x80");
     }
+
+    #[test]
+    fn a_range_streams_only_when_it_decodes_to_the_parsed_bytes() {
+        use base64::Engine as _;
+        let data = b"the attachment, decoded by mail-parser";
+        let b64 = base64::engine::general_purpose::STANDARD.encode(data);
+        let spooled = format!("Xy:\r\n{b64}\r\n--b--");
+        let at = 5..5 + b64.len();
+        assert!(verify_range(spooled.as_bytes(), at.clone(), data).is_ok());
+        // A range off by some bytes: into the header, or short of the end, or past the file.
+        assert!(verify_range(spooled.as_bytes(), at.start - 4..at.end, data).is_err());
+        assert!(verify_range(spooled.as_bytes(), at.start..at.end - 4, data).is_err());
+        assert!(verify_range(spooled.as_bytes(), at.start..spooled.len() + 1, data).is_err());
+    }
 }
