@@ -257,6 +257,15 @@ pub fn convert(
 ) -> Result<Vec<GraphPlan>, ConvertError> {
     // Checked again here: mail spooled by an older version never went through `precheck`.
     let prepared = prepare(raw)?;
+    if prepared.cut_fields + prepared.dropped_fields > 0 {
+        tracing::warn!(
+            cut = prepared.cut_fields,
+            dropped = prepared.dropped_fields,
+            field_limit = text::MAX_HEADER_FIELD_BYTES,
+            section_limit = text::MAX_HEADER_SECTION_BYTES,
+            "header section too large: fields cut or dropped"
+        );
+    }
     let parsed: &[u8] = &prepared.bytes;
     let msg = parse(parsed, false).ok_or(ConvertError::Unparseable)?;
 

@@ -164,6 +164,10 @@ pub(crate) struct Prepared<'a> {
     /// Where the body starts in `bytes` and in the spooled message.
     parsed_body: usize,
     spooled_body: usize,
+    /// Header fields cut to [`MAX_HEADER_FIELD_BYTES`], and dropped past
+    /// [`MAX_HEADER_SECTION_BYTES`].
+    pub cut_fields: usize,
+    pub dropped_fields: usize,
 }
 
 impl Prepared<'_> {
@@ -180,7 +184,7 @@ impl Prepared<'_> {
 /// - a body that starts without a separator line (see [`header_section`]) gets one, so
 ///   mail-parser reads it as the body instead of dropping its first line;
 /// - a field over [`MAX_HEADER_FIELD_BYTES`] is cut, and fields past
-///   [`MAX_HEADER_SECTION_BYTES`] are dropped, each with a warning (Postfix's cleanup likewise
+///   [`MAX_HEADER_SECTION_BYTES`] are dropped, and counted (Postfix's cleanup likewise
 ///   discards what is past its `header_size_limit`).
 ///
 /// Borrowed when nothing changes.
@@ -196,6 +200,8 @@ pub(crate) fn prepare(raw: &[u8]) -> Prepared<'_> {
             bytes: Cow::Borrowed(raw),
             parsed_body: section.body_start,
             spooled_body: section.body_start,
+            cut_fields: 0,
+            dropped_fields: 0,
         };
     }
     let mut out = Vec::with_capacity(raw.len() + 64);
@@ -220,15 +226,6 @@ pub(crate) fn prepare(raw: &[u8]) -> Prepared<'_> {
             out.extend_from_slice(b"\r\n");
         }
     }
-    if cut + dropped > 0 {
-        tracing::warn!(
-            cut,
-            dropped,
-            field_limit = MAX_HEADER_FIELD_BYTES,
-            section_limit = MAX_HEADER_SECTION_BYTES,
-            "header section too large: fields cut or dropped before conversion"
-        );
-    }
     if add_separator {
         out.extend_from_slice(b"\r\n");
     } else {
@@ -240,6 +237,8 @@ pub(crate) fn prepare(raw: &[u8]) -> Prepared<'_> {
         bytes: Cow::Owned(out),
         parsed_body,
         spooled_body: section.body_start,
+        cut_fields: cut,
+        dropped_fields: dropped,
     }
 }
 
@@ -484,6 +483,8 @@ mod tests {
         raw.extend_from_slice(b"Subject: late\r\n\r\nbody");
         let prepared = prepare(&raw);
         assert!(prepared.bytes.len() < MAX_HEADER_SECTION_BYTES + 10);
+        assert_eq!(prepared.cut_fields, 1);
+        assert!(prepared.dropped_fields > 0);
         assert!(prepared.bytes.ends_with(b"\r\n\r\nbody"));
         let body = prepared.bytes.len() - 4;
         assert_eq!(prepared.spooled_offset(body), Some(raw.len() - 4));
