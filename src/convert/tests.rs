@@ -342,6 +342,29 @@ fn precheck_refuses_only_hopeless_mail() {
     ));
 }
 
+/// Mail spooled before the structure limits existed never reaches mail-parser: it fails for good,
+/// with the reason, instead of taking the relay's memory.
+#[test]
+fn spooled_mail_past_the_structure_limits_fails_cleanly() {
+    let mut deep = b"From: a@contoso.com\r\nTo: bob@example.com\r\n".to_vec();
+    for i in 0..=MAX_MIME_NESTING {
+        deep.extend_from_slice(
+            format!("Content-Type: multipart/mixed; boundary=\"b{i}\"\r\n\r\n--b{i}\r\n")
+                .as_bytes(),
+        );
+    }
+    deep.extend_from_slice(b"\r\nbottom\r\n");
+    let envelope = env("a@contoso.com", &["bob@example.com"]);
+    let err = convert(&deep, &envelope, &opts()).expect_err("too deep");
+    assert_eq!(err, ConvertError::TooDeep);
+    assert!(err.is_permanent());
+    assert_eq!(
+        err.to_string(),
+        format!("MIME structure nested too deeply (limit {MAX_MIME_NESTING})")
+    );
+    assert_eq!(precheck(&deep), Err(ConvertError::TooDeep));
+}
+
 #[test]
 fn mailbox_path_is_encoded() {
     assert_eq!(Mailbox::Me.path(), "/me");
