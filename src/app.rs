@@ -170,6 +170,8 @@ pub async fn start(config: Config, opts: StartOptions) -> Result<Running, AppErr
             graph_stats.clone(),
         ))
     };
+    let settings =
+        Arc::new(SmtpSettings::try_from_config(&config).map_err(|e| AppError::Tls(e.to_string()))?);
     let manager = QueueManager::new(
         spool.clone(),
         transport,
@@ -185,6 +187,8 @@ pub async fn start(config: Config, opts: StartOptions) -> Result<Running, AppErr
         opts.clock.clone(),
         counters.clone(),
         !opts.dry_run,
+        // One budget for reception and conversion (`smtp.data_memory_bytes`).
+        settings.shared_memory(),
     );
     let waker = manager.waker();
     let shutdown = CancellationToken::new();
@@ -196,8 +200,6 @@ pub async fn start(config: Config, opts: StartOptions) -> Result<Running, AppErr
         counters.clone(),
         manager.clone(),
     ));
-    let settings =
-        Arc::new(SmtpSettings::try_from_config(&config).map_err(|e| AppError::Tls(e.to_string()))?);
     let mut smtp_addrs = Vec::new();
     for addr in &config.smtp.listen {
         let (listener, bound) = bind(*addr).await?;

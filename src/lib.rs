@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod clock;
+pub mod memory;
 pub mod smtp;
 pub mod spool;
 pub mod convert;

@@ -26,6 +26,7 @@ use graph_relay::sendmail;
 use graph_relay::spool::{QueueId, Spool, SpoolError, list_line};
 
 fn main() -> ExitCode {
+    graph_relay::memory::return_big_buffers_to_the_system();
     let argv: Vec<OsString> = std::env::args_os().collect();
     let cli = match argv.first() {
         // A `sendmail` symlink: every argument is sendmail's, none is ours.

@@ -8,14 +8,18 @@
 //! because Outlook hides unreferenced inline attachments and the recipient would never see it.
 
 use std::collections::HashSet;
+use std::ops::Range;
 
 use mail_parser::decoders::base64::base64_decode;
 use mail_parser::decoders::quoted_printable::quoted_printable_decode;
 use mail_parser::{Encoding, Message, MessagePart, MimeHeaders, PartType};
 
+use sha2::{Digest, Sha256};
+
+use super::base64_stream::Base64Decoder;
 use super::graph_json::{BodyType, ItemBody};
 use super::html;
-use super::text::{self, body_text, one_line};
+use super::text::{self, Prepared, body_text, one_line};
 use super::{AttachmentData, LargeAttachment, MAX_INLINE_ATTACHMENT_BYTES};
 
 /// Body and attachments of one message.
@@ -36,9 +40,10 @@ struct Found {
     message_subject: Option<String>,
 }
 
-/// `raw` is what `msg` was parsed from; its body offsets are `shift` bytes past the same bytes in
-/// the spooled file (see `text::repair_header_bytes`).
-pub(crate) fn extract(msg: &Message<'_>, raw: &[u8], shift: usize) -> Content {
+/// `prepared` is what `msg` was parsed from; `spooled` the message as the spool holds it.
+pub(crate) fn extract(msg: &Message<'_>, prepared: &Prepared<'_>, spooled: &[u8]) -> Content {
+    let parsed: &[u8] = &prepared.bytes;
+    let bare_texts: Vec<&MessagePart<'_>> = msg.attachments().filter(|p| is_bare_text(p)).collect();
     let html_parts: Vec<&MessagePart<'_>> = (0..msg.html_body_count())
         .filter_map(|i| msg.html_part(i as u32))
         .collect();
@@ -46,6 +51,7 @@ pub(crate) fn extract(msg: &Message<'_>, raw: &[u8], shift: usize) -> Content {
     let mut body = if has_html {
         let docs: Vec<String> = html_parts
             .iter()
+            .chain(&bare_texts)
             .filter_map(|p| match &p.body {
                 PartType::Html(h) => Some(h.to_string()),
                 PartType::Text(_) => Some(html::text_fragment(&plain_text(p))),
@@ -58,7 +64,8 @@ pub(crate) fn extract(msg: &Message<'_>, raw: &[u8], shift: usize) -> Content {
         }
     } else {
         let mut s = String::new();
-        for p in (0..msg.text_body_count()).filter_map(|i| msg.text_part(i as u32)) {
+        let text_parts = (0..msg.text_body_count()).filter_map(|i| msg.text_part(i as u32));
+        for p in text_parts.chain(bare_texts.iter().copied()) {
             if matches!(p.body, PartType::Text(_)) {
                 if !s.is_empty() && !s.ends_with('\n') {
                     s.push_str("\r\n");
@@ -79,7 +86,7 @@ pub(crate) fn extract(msg: &Message<'_>, raw: &[u8], shift: usize) -> Content {
     };
 
     let mut found: Vec<Found> = Vec::new();
-    for p in msg.attachments() {
+    for p in msg.attachments().filter(|p| !is_bare_text(p)) {
         let (ctype, subtype) = type_of(p);
         // A multipart whose boundary never showed up: mail-parser hands it back as text.
         if ctype == "multipart" {
@@ -123,7 +130,7 @@ pub(crate) fn extract(msg: &Message<'_>, raw: &[u8], shift: usize) -> Content {
         let is_inline = content_id
             .as_deref()
             .is_some_and(|c| cids.contains(&c.to_lowercase()));
-        let (size, data) = part_data(p, raw, shift);
+        let (size, data) = part_data(p, parsed, prepared, spooled);
         found.push(Found {
             name: p
                 .attachment_name()
@@ -193,38 +200,94 @@ fn plain_text(p: &MessagePart<'_>) -> String {
     }
 }
 
-/// Lower-cased (type, subtype); a part without Content-Type is text/plain.
+/// `Content-Type: text` with no subtype (an old PHP mailer's, a script's) is not valid MIME, and
+/// RFC 2045 section 5.2 reads an invalid Content-Type as text/plain; so do mail readers
+/// (Thunderbird, Outlook) and Postfix. mail-parser makes the part an attachment instead; a part
+/// like that which is not named or marked as an attachment is body text here.
+fn is_bare_text(p: &MessagePart<'_>) -> bool {
+    matches!(p.body, PartType::Text(_))
+        && p.content_type().is_some_and(|c| {
+            c.ctype().eq_ignore_ascii_case("text")
+                && c.subtype().is_none_or(|s| s.trim().is_empty())
+        })
+        && p.attachment_name().is_none()
+        && !p.content_disposition().is_some_and(|d| d.is_attachment())
+}
+
+/// Lower-cased (type, subtype); a part without Content-Type, or with a bare `text`, is
+/// text/plain.
 fn type_of(p: &MessagePart<'_>) -> (String, String) {
     match p.content_type() {
-        Some(ct) => (
-            ct.ctype().trim().to_ascii_lowercase(),
-            ct.subtype().unwrap_or("").trim().to_ascii_lowercase(),
-        ),
+        Some(ct) => {
+            let ctype = ct.ctype().trim().to_ascii_lowercase();
+            let subtype = ct.subtype().unwrap_or("").trim().to_ascii_lowercase();
+            if ctype == "text" && subtype.is_empty() {
+                (ctype, "plain".into())
+            } else {
+                (ctype, subtype)
+            }
+        }
         None => ("text".into(), "plain".into()),
     }
 }
 
 /// The attachment's decoded size and bytes. A large base64 binary part stays in the spool as a
-/// range (decoded again while it is uploaded); anything else is copied out of the parsed message.
-fn part_data(p: &MessagePart<'_>, raw: &[u8], shift: usize) -> (usize, AttachmentData) {
+/// range (decoded again while it is uploaded) once that range is proven to decode to exactly
+/// the bytes mail-parser decoded; anything else is copied out of the parsed message.
+fn part_data(
+    p: &MessagePart<'_>,
+    parsed: &[u8],
+    prepared: &Prepared<'_>,
+    spooled: &[u8],
+) -> (usize, AttachmentData) {
     let size = p.contents().len();
     let streamable = p.encoding == Encoding::Base64
         && !p.is_encoding_problem
         && matches!(p.body, PartType::Binary(_) | PartType::InlineBinary(_))
         && size >= MAX_INLINE_ATTACHMENT_BYTES;
-    let start = (p.offset_body as usize).checked_sub(shift);
-    let end = (p.offset_end as usize).checked_sub(shift);
+    let start = prepared.spooled_offset(p.offset_body as usize);
+    let end = prepared.spooled_offset(p.offset_end as usize);
     if streamable && let (Some(start), Some(end)) = (start, end) {
-        return (
-            size,
-            AttachmentData::Base64 {
-                encoded: start..end,
-            },
-        );
+        let encoded = start..end;
+        match verify_range(spooled, encoded.clone(), p.contents()) {
+            Ok(sha256) => return (size, AttachmentData::Base64 { encoded, sha256 }),
+            // Never stream bytes that are not the attachment: keep the parsed copy instead.
+            Err(why) => tracing::error!(
+                range = ?encoded,
+                size,
+                "streamed attachment range does not match the parse ({why}); keeping the attachment in memory"
+            ),
+        }
     }
-    let bytes = part_bytes(p, raw);
+    let bytes = part_bytes(p, parsed);
     (bytes.len(), AttachmentData::Bytes(bytes.into()))
 }
+
+/// Decodes `encoded` of the spooled message a block at a time, the way the upload will, and
+/// compares it with what mail-parser decoded. `Ok` holds the SHA-256 the upload checks again.
+fn verify_range(spooled: &[u8], encoded: Range<usize>, decoded: &[u8]) -> Result<[u8; 32], String> {
+    let text = spooled
+        .get(encoded.clone())
+        .ok_or_else(|| format!("range past the message's {} bytes", spooled.len()))?;
+    let mut decoder = Base64Decoder::default();
+    let mut out = Vec::with_capacity(VERIFY_BLOCK / 4 * 3 + 3);
+    let mut at = 0;
+    for block in text.chunks(VERIFY_BLOCK) {
+        out.clear();
+        decoder.feed(block, &mut out).map_err(|e| e.to_string())?;
+        if decoded.get(at..at + out.len()) != Some(&out[..]) {
+            return Err(format!("decodes differently at byte {at}"));
+        }
+        at += out.len();
+    }
+    if at != decoded.len() {
+        return Err(format!("decodes to {at} bytes, not {}", decoded.len()));
+    }
+    Ok(Sha256::digest(decoded).into())
+}
+
+/// Base64 text decoded at a time when a streamed range is checked.
+const VERIFY_BLOCK: usize = 64 * 1024;
 
 /// The attachment's bytes as the sender attached them: transfer encoding removed. Text parts in
 /// a charset other than UTF-8/ASCII are taken from the raw part again, because mail-parser has
@@ -386,8 +449,11 @@ mod tests {
     use mail_parser::MessageParser;
 
     fn content(raw: &[u8]) -> Content {
-        let msg = MessageParser::new().parse(raw).expect("parses");
-        extract(&msg, raw, 0)
+        let prepared = text::prepare(raw);
+        let msg = MessageParser::new()
+            .parse(&prepared.bytes[..])
+            .expect("parses");
+        extract(&msg, &prepared, raw)
     }
 
     fn bytes(part: &LargeAttachment) -> &[u8] {
@@ -446,5 +512,19 @@ mod tests {
         assert_eq!(c.parts.len(), 1);
         assert_eq!(c.parts[0].name, "x.csv");
         assert_eq!(bytes(&c.parts[0]), b"caf\xe9;\x80");
+    }
+
+    #[test]
+    fn a_range_streams_only_when_it_decodes_to_the_parsed_bytes() {
+        use base64::Engine as _;
+        let data = b"the attachment, decoded by mail-parser";
+        let b64 = base64::engine::general_purpose::STANDARD.encode(data);
+        let spooled = format!("Xy:\r\n{b64}\r\n--b--");
+        let at = 5..5 + b64.len();
+        assert!(verify_range(spooled.as_bytes(), at.clone(), data).is_ok());
+        // A range off by some bytes: into the header, or short of the end, or past the file.
+        assert!(verify_range(spooled.as_bytes(), at.start - 4..at.end, data).is_err());
+        assert!(verify_range(spooled.as_bytes(), at.start..at.end - 4, data).is_err());
+        assert!(verify_range(spooled.as_bytes(), at.start..spooled.len() + 1, data).is_err());
     }
 }

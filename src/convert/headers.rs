@@ -1,15 +1,21 @@
 //! Header → Graph field mapping: Subject, Importance / X-Priority / X-MSMail-Priority / Priority,
 //! Disposition-Notification-To, Return-Receipt-To, and the first five `X-` headers for
 //! `internetMessageHeaders`. Pure; never yields a header Graph would reject (non-`x-` name,
-//! empty value, a sixth one).
+//! empty value, a sixth one, a value too long) or a subject over Exchange's 255 characters: what
+//! is too long is cut, with a warning, never a reason to fail the message.
 
 use mail_parser::Message;
 
 use super::graph_json::{Importance, InternetMessageHeader};
-use super::text::{non_empty, one_line, unfold};
+use super::text::{MAX_FIELD_CHARS, cut_bytes, cut_chars, non_empty, one_line, unfold};
 
 /// Graph rejects a sixth custom header.
 pub const MAX_INTERNET_MESSAGE_HEADERS: usize = 5;
+
+/// Longest `internetMessageHeaders` value sent, in bytes. Exchange refuses a message whose
+/// header section passes 256 KB (`552 5.3.4`); five values this long, plus 500 recipients and
+/// what Exchange adds itself, stay well below that.
+pub const MAX_HEADER_VALUE_BYTES: usize = 16 * 1024;
 
 /// Top-level header fields as (name, unfolded raw value), in message order. Values that are not
 /// UTF-8 are skipped (the header section was already repaired to UTF-8 where possible).
@@ -31,9 +37,18 @@ fn first<'a>(fields: &'a [(&str, String)], name: &str) -> Option<&'a str> {
         .map(|(_, v)| v.as_str())
 }
 
-/// Decoded (RFC 2047), unfolded, one-line subject; `None` when missing or blank.
+/// Decoded (RFC 2047), unfolded, one-line subject, cut to 255 characters; `None` when missing
+/// or blank.
 pub(crate) fn subject(msg: &Message<'_>) -> Option<String> {
-    msg.subject().and_then(non_empty)
+    let mut subject = msg.subject().and_then(non_empty)?;
+    if let Some(chars) = cut_chars(&mut subject, MAX_FIELD_CHARS) {
+        tracing::warn!(
+            chars,
+            limit = MAX_FIELD_CHARS,
+            "subject too long for Exchange; sent cut"
+        );
+    }
+    Some(subject)
 }
 
 /// `Importance:` (high/normal/low), else `X-Priority:` (1-2 high, 3 normal, 4-5 low), else
@@ -118,6 +133,16 @@ pub(crate) fn x_headers(fields: &[(&str, String)]) -> Vec<InternetMessageHeader>
             });
         }
     }
+    for h in &mut out {
+        if let Some(bytes) = cut_bytes(&mut h.value, MAX_HEADER_VALUE_BYTES) {
+            tracing::warn!(
+                header = %h.name,
+                bytes,
+                limit = MAX_HEADER_VALUE_BYTES,
+                "header value too long for Graph; sent cut"
+            );
+        }
+    }
     out
 }
 
@@ -164,6 +189,23 @@ mod tests {
         let raw = "From: a@b.example\r\nDisposition-Notification-To:\r\n\r\nx";
         assert_eq!(with_fields(raw, read_receipt), None);
         assert_eq!(with_fields(raw, delivery_receipt), None);
+    }
+
+    #[test]
+    fn long_values_are_cut_not_refused() {
+        let long = "é".repeat(MAX_HEADER_VALUE_BYTES);
+        let raw = format!("From: a@b.example\r\nX-Big: {long}\r\nX-Small: s\r\n\r\nbody");
+        let got = with_fields(&raw, x_headers);
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0].value.len(), MAX_HEADER_VALUE_BYTES);
+        assert!(long.starts_with(&got[0].value));
+        assert_eq!(got[1].value, "s");
+        let raw = format!(
+            "From: a@b.example\r\nSubject: {}\r\n\r\nbody",
+            "ü".repeat(300)
+        );
+        let msg = MessageParser::new().parse(raw.as_bytes()).expect("parses");
+        assert_eq!(subject(&msg), Some("ü".repeat(MAX_FIELD_CHARS)));
     }
 
     #[test]

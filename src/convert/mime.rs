@@ -19,7 +19,7 @@ use mail_parser::{Message, MimeHeaders};
 
 use super::recipients::{Group, HeaderAddr};
 use super::sender::SenderPlan;
-use super::text::{address_key, header_section_end};
+use super::text::{address_key, fields, header_section};
 
 /// True for mail that must go as MIME: its top-level type is multipart/signed,
 /// multipart/encrypted, application/pkcs7-mime or application/x-pkcs7-mime.
@@ -45,36 +45,15 @@ pub(crate) fn rewrite(
     header_to_cc: &[HeaderAddr],
     sender: &SenderPlan,
 ) -> Vec<u8> {
-    let head_end = header_section_end(raw);
-    let head = &raw[..head_end];
+    let section = header_section(raw);
+    let head = &raw[..section.fields_end];
     let eol: &[u8] = if head.windows(2).any(|w| w == b"\r\n") || head.is_empty() {
         b"\r\n"
     } else {
         b"\n"
     };
 
-    // Header fields (with continuation lines), and whether the section ended with a blank line.
-    let mut fields: Vec<&[u8]> = Vec::new();
-    let mut blank_line = false;
-    let mut field_start: Option<usize> = None;
-    let mut pos = 0;
-    for line in head.split_inclusive(|&b| b == b'\n') {
-        if line == b"\n" || line == b"\r\n" {
-            blank_line = true;
-            break;
-        }
-        let continues = matches!(line.first(), Some(b' ' | b'\t'));
-        if !continues {
-            if let Some(start) = field_start {
-                fields.push(&head[start..pos]);
-            }
-            field_start = Some(pos);
-        }
-        pos += line.len();
-    }
-    if let Some(start) = field_start {
-        fields.push(&head[start..pos]);
-    }
+    let fields: Vec<&[u8]> = fields(head).collect();
 
     let keys = group.keys();
     let rewrite_to_cc = header_to_cc
@@ -113,8 +92,7 @@ pub(crate) fn rewrite(
         push_field(&mut out, "Reply-To", std::slice::from_ref(reply_to), eol);
     }
     out.extend_from_slice(eol);
-    let body_start = if blank_line { head_end } else { raw.len() };
-    out.extend_from_slice(&raw[body_start..]);
+    out.extend_from_slice(&raw[section.body_start..]);
     out
 }
 

@@ -18,6 +18,7 @@ mod body;
 mod headers;
 mod html;
 mod mime;
+mod nesting;
 mod recipients;
 mod sender;
 mod text;
@@ -34,7 +35,8 @@ use sha2::{Digest, Sha256};
 use crate::spool::Envelope;
 use graph_json::{FileAttachment, Message, Recipient, SendMail};
 
-pub use headers::MAX_INTERNET_MESSAGE_HEADERS;
+pub use headers::{MAX_HEADER_VALUE_BYTES, MAX_INTERNET_MESSAGE_HEADERS};
+pub use nesting::{MAX_MIME_NESTING, MAX_MIME_PARTS, MAX_PART_HEADER_BYTES};
 pub use recipients::MAX_RECIPIENTS_PER_MESSAGE;
 
 /// A Graph request body must stay below this many bytes (Graph's "4 MB"; the decimal reading
@@ -130,7 +132,12 @@ pub enum AttachmentData {
     /// Base64 text at this byte range of the spooled message, decoded a chunk at a time while
     /// it is uploaded (see [`base64_stream`]) so a big attachment is never held whole. Only parts of
     /// at least [`MAX_INLINE_ATTACHMENT_BYTES`], which always go through an upload session.
-    Base64 { encoded: Range<usize> },
+    /// When the plan was made, the range was decoded and compared with mail-parser's copy;
+    /// `sha256` is that copy's digest, checked again before the last byte is uploaded.
+    Base64 {
+        encoded: Range<usize>,
+        sha256: [u8; 32],
+    },
 }
 
 impl LargeAttachment {
@@ -154,7 +161,7 @@ impl LargeAttachment {
     pub fn decoded(&self, raw: &[u8]) -> Option<Bytes> {
         match &self.data {
             AttachmentData::Bytes(bytes) => Some(bytes.clone()),
-            AttachmentData::Base64 { encoded } => {
+            AttachmentData::Base64 { encoded, .. } => {
                 let mut out = Vec::with_capacity(self.size);
                 base64_stream::Base64Decoder::default()
                     .feed(raw.get(encoded.clone())?, &mut out)
@@ -171,9 +178,18 @@ pub enum ConvertError {
     /// Permanent: zero bytes or only whitespace.
     #[error("message is empty")]
     Empty,
-    /// Permanent: no header field could be read (no header section at all).
-    #[error("message has no header section")]
+    /// Permanent: the MIME parser gave up on it (a bug there, caught).
+    #[error("message cannot be parsed as MIME")]
     Unparseable,
+    /// Permanent: multiparts or attached messages nest deeper than [`MAX_MIME_NESTING`].
+    #[error("MIME structure nested too deeply (limit {MAX_MIME_NESTING})")]
+    TooDeep,
+    /// Permanent: more MIME parts than [`MAX_MIME_PARTS`].
+    #[error("too many MIME parts (limit {MAX_MIME_PARTS})")]
+    TooManyParts,
+    /// Permanent: the parts' header sections hold more than [`MAX_PART_HEADER_BYTES`].
+    #[error("MIME part headers too large (limit {MAX_PART_HEADER_BYTES} bytes)")]
+    PartHeadersTooLarge,
     /// Permanent: the envelope names no recipient.
     #[error("no recipients: the envelope has no RCPT TO address")]
     NoRecipients,
@@ -203,21 +219,33 @@ impl ConvertError {
     }
 }
 
-/// Cheap check at the end of SMTP DATA: `Err` only for mail that can never convert (empty, no
-/// header section, signed/encrypted mail too big for MIME sending). Reads the headers only.
+/// Cheap check at the end of SMTP DATA: `Err` only for mail that can never convert (empty,
+/// nested too deeply, signed/encrypted mail too big for MIME sending). Reads the structure, never
+/// decodes a part. A message without a header section passes: it is delivered as its body, from
+/// the envelope sender, as Postfix would.
 pub fn precheck(raw: &[u8]) -> Result<(), ConvertError> {
-    if raw.iter().all(u8::is_ascii_whitespace) {
-        return Err(ConvertError::Empty);
-    }
-    let msg = parse(raw, true).ok_or(ConvertError::Unparseable)?;
-    if msg.headers().is_empty() {
-        return Err(ConvertError::Unparseable);
-    }
+    let prepared = prepare(raw)?;
+    let signed = parse(&prepared.bytes, true).is_some_and(|msg| mime::is_signed_or_encrypted(&msg));
     let size = base64_len(raw.len());
-    if mime::is_signed_or_encrypted(&msg) && size >= MAX_REQUEST_BYTES {
+    if signed && size >= MAX_REQUEST_BYTES {
         return Err(ConvertError::MimeTooLarge { size });
     }
     Ok(())
+}
+
+/// The message as mail-parser may get it ([`text::prepare`]), once its structure is within the
+/// limits that bound mail-parser's memory; both `precheck` and `convert` refuse the rest.
+fn prepare(raw: &[u8]) -> Result<text::Prepared<'_>, ConvertError> {
+    if raw.iter().all(u8::is_ascii_whitespace) {
+        return Err(ConvertError::Empty);
+    }
+    let prepared = text::prepare(raw);
+    nesting::check(&prepared.bytes).map_err(|excess| match excess {
+        nesting::Excess::Depth => ConvertError::TooDeep,
+        nesting::Excess::Parts => ConvertError::TooManyParts,
+        nesting::Excess::HeaderBytes => ConvertError::PartHeadersTooLarge,
+    })?;
+    Ok(prepared)
 }
 
 /// Converts one spooled message into the Graph requests that deliver it: one plan per group of
@@ -227,15 +255,19 @@ pub fn convert(
     envelope: &Envelope,
     opts: &ConvertOptions,
 ) -> Result<Vec<GraphPlan>, ConvertError> {
-    if raw.iter().all(u8::is_ascii_whitespace) {
-        return Err(ConvertError::Empty);
+    // Checked again here: mail spooled by an older version never went through `precheck`.
+    let prepared = prepare(raw)?;
+    if prepared.cut_fields + prepared.dropped_fields > 0 {
+        tracing::warn!(
+            cut = prepared.cut_fields,
+            dropped = prepared.dropped_fields,
+            field_limit = text::MAX_HEADER_FIELD_BYTES,
+            section_limit = text::MAX_HEADER_SECTION_BYTES,
+            "header section too large: fields cut or dropped"
+        );
     }
-    let repaired = text::repair_header_bytes(raw);
-    let parsed: &[u8] = &repaired;
+    let parsed: &[u8] = &prepared.bytes;
     let msg = parse(parsed, false).ok_or(ConvertError::Unparseable)?;
-    if msg.headers().is_empty() {
-        return Err(ConvertError::Unparseable);
-    }
 
     let to = recipients::header_addrs(msg.all_to());
     let cc = recipients::header_addrs(msg.all_cc());
@@ -267,10 +299,7 @@ pub fn convert(
             .collect();
     }
 
-    // Repairing the header section lengthens it; body offsets in `parsed` are this far past
-    // the same bytes in `raw` (the spooled file the uploads read from).
-    let shift = parsed.len() - raw.len();
-    let content = body::extract(&msg, parsed, shift);
+    let content = body::extract(&msg, &prepared, raw);
     let fields = headers::raw_fields(&msg, parsed);
     let reply_to: Vec<Recipient> = if reply_to.is_empty() {
         sender.reply_to.iter().map(|a| a.recipient()).collect()
@@ -392,6 +421,22 @@ fn json_len<T: Serialize>(value: &T) -> usize {
 }
 
 impl GraphPlan {
+    /// Bytes this plan keeps in memory until it is sent: its JSON (inline attachments in it as
+    /// base64) and the decoded bytes of uploads held in memory. Streamed uploads hold none.
+    pub fn held_bytes(&self) -> usize {
+        match &self.request {
+            PlanRequest::SendMail(send) => json_len(send),
+            PlanRequest::Mime { base64 } => base64.len(),
+            PlanRequest::Draft { message, uploads } => uploads
+                .iter()
+                .map(|u| match &u.data {
+                    AttachmentData::Bytes(bytes) => bytes.len(),
+                    AttachmentData::Base64 { .. } => 0,
+                })
+                .fold(json_len(message), usize::saturating_add),
+        }
+    }
+
     /// The plan as reviewable JSON (used by `examples/eml2graph.rs` and the corpus goldens):
     /// `{"mailbox", "recipients", "request": "sendMail"|"mime"|"draft", ...}` with the sendMail
     /// body, the decoded MIME text, or the draft message plus uploads (name, type, size, sha256).

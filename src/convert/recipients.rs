@@ -5,7 +5,11 @@
 use std::collections::{HashMap, HashSet};
 
 use super::graph_json::Recipient;
-use super::text::{address_key, non_empty};
+use super::text::{MAX_FIELD_CHARS, address_key, cut_chars, non_empty};
+
+/// RFC 5321's longest address (64-octet local part, `@`, 255-octet domain). Anything longer is no
+/// address Exchange can resolve.
+const MAX_ADDRESS_BYTES: usize = 320;
 
 /// Exchange Online's limit of recipients (To + Cc + Bcc) per message.
 pub const MAX_RECIPIENTS_PER_MESSAGE: usize = 500;
@@ -75,12 +79,26 @@ pub(crate) fn header_addrs<'a, 'x: 'a>(
             let address = a.address()?.trim();
             // Graph refuses anything that is not local@domain ("root", "undisclosed").
             match address.rsplit_once('@') {
-                Some((local, domain)) if !local.is_empty() && !domain.is_empty() => {}
+                Some((local, domain))
+                    if !local.is_empty()
+                        && !domain.is_empty()
+                        && address.len() <= MAX_ADDRESS_BYTES => {}
                 _ => return None,
             }
+            let name = a.name().and_then(non_empty).map(|mut name| {
+                if let Some(chars) = cut_chars(&mut name, MAX_FIELD_CHARS) {
+                    tracing::warn!(
+                        %address,
+                        chars,
+                        limit = MAX_FIELD_CHARS,
+                        "display name too long for Exchange; sent cut"
+                    );
+                }
+                name
+            });
             Some(HeaderAddr {
                 address: address.to_string(),
-                name: a.name().and_then(non_empty),
+                name,
             })
         })
         .collect()

@@ -329,11 +329,9 @@ fn signed_mail_goes_as_mime_with_bcc() {
 fn precheck_refuses_only_hopeless_mail() {
     assert_eq!(precheck(b""), Err(ConvertError::Empty));
     assert_eq!(precheck(b" \r\n\r\n"), Err(ConvertError::Empty));
-    assert_eq!(
-        precheck(b"just some text\r\nwithout headers\r\n"),
-        Err(ConvertError::Unparseable)
-    );
-    assert_eq!(precheck(b"\r\n\r\nbody"), Err(ConvertError::Unparseable));
+    // No header section: delivered as its body (see `headerless_mail_keeps_its_body`).
+    assert_eq!(precheck(b"just some text\r\nwithout headers\r\n"), Ok(()));
+    assert_eq!(precheck(b"\r\n\r\nbody"), Ok(()));
     assert_eq!(precheck(SIMPLE), Ok(()));
     assert_eq!(precheck(b"Subject: no from, no to\r\n\r\n"), Ok(()));
     let mut big = SIGNED.to_vec();
@@ -342,6 +340,29 @@ fn precheck_refuses_only_hopeless_mail() {
         precheck(&big),
         Err(ConvertError::MimeTooLarge { .. })
     ));
+}
+
+/// Mail spooled before the structure limits existed never reaches mail-parser: it fails for good,
+/// with the reason, instead of taking the relay's memory.
+#[test]
+fn spooled_mail_past_the_structure_limits_fails_cleanly() {
+    let mut deep = b"From: a@contoso.com\r\nTo: bob@example.com\r\n".to_vec();
+    for i in 0..=MAX_MIME_NESTING {
+        deep.extend_from_slice(
+            format!("Content-Type: multipart/mixed; boundary=\"b{i}\"\r\n\r\n--b{i}\r\n")
+                .as_bytes(),
+        );
+    }
+    deep.extend_from_slice(b"\r\nbottom\r\n");
+    let envelope = env("a@contoso.com", &["bob@example.com"]);
+    let err = convert(&deep, &envelope, &opts()).expect_err("too deep");
+    assert_eq!(err, ConvertError::TooDeep);
+    assert!(err.is_permanent());
+    assert_eq!(
+        err.to_string(),
+        format!("MIME structure nested too deeply (limit {MAX_MIME_NESTING})")
+    );
+    assert_eq!(precheck(&deep), Err(ConvertError::TooDeep));
 }
 
 #[test]

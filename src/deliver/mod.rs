@@ -17,7 +17,7 @@ use async_trait::async_trait;
 
 pub use graph::GraphTransport;
 pub use outbox::Outbox;
-pub use queue::{QueueManager, RetryPolicy, apply_failure};
+pub use queue::{QueueManager, RetryPolicy, apply_failure, convert_memory};
 
 use crate::convert::GraphPlan;
 use crate::spool::{DraftNote, LastError, QueueId};

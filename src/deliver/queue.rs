@@ -16,6 +16,7 @@ use super::{Delivery, DeliveryError, DraftLog, Transport};
 use crate::auth::{TokenSource, TokenState};
 use crate::clock::Clock;
 use crate::convert::{ConvertOptions, GraphPlan, convert};
+use crate::memory::{MemoryBudget, Reservation};
 use crate::spool::{Area, DraftNote, LastError, QueueId, Record, Spool, SpoolError, State};
 use crate::status::Counters;
 
@@ -23,10 +24,21 @@ use crate::status::Counters;
 pub const PER_MAILBOX: usize = 4;
 /// Messages being worked on at once, across all mailboxes.
 const WORKERS: usize = 16;
-/// Spooled bytes being converted at once, in KiB. Converting holds the message and its decoded
-/// parts (about twice its size) for a moment; this keeps 16 big messages due together from
-/// holding 16 copies. A message larger than all of it converts alone.
-const CONVERT_BUDGET_KIB: u32 = 128 * 1024;
+/// Memory a conversion may take for a message of `size` bytes: the spooled bytes read back, then
+/// mail-parser's parse, the decoded parts, the body as UTF-8 text and JSON, and the plan. Measured
+/// with `examples/convert_peak.rs` (README, "Memory"): at most 4.9 times the size over the shapes
+/// the structure limits let through (many parts, quoted-printable HTML, nested messages), plus
+/// up to ~40 bytes per header byte for a top-level header section of tiny fields or addresses,
+/// which `convert` bounds to 1 MiB.
+pub fn convert_memory(size: usize) -> usize {
+    const HEADER_WORST: usize = 64 * 1024 * 1024;
+    size.saturating_mul(6)
+        .saturating_add(size.saturating_mul(64).min(HEADER_WORST))
+        .saturating_add(1024 * 1024)
+}
+/// What one delivery holds beyond its plan while it sends: one request body serialized (< 4 MB)
+/// and one upload chunk (≤ 4 MiB).
+const SEND_MEMORY: usize = 8 * 1024 * 1024;
 /// The disk is the truth: rescan at least this often, whatever the in-memory hints say.
 const RESCAN: Duration = Duration::from_secs(5);
 /// While mail is held, ask the token endpoint again on this slow backoff (1 min doubling to
@@ -67,7 +79,8 @@ pub struct QueueManager {
     schedule: Mutex<Schedule>,
     mailboxes: Mutex<HashMap<String, Arc<Semaphore>>>,
     workers: Arc<Semaphore>,
-    convert_budget: Semaphore,
+    /// Shared with SMTP reception: conversion and the plans being sent reserve from it.
+    memory: MemoryBudget,
     /// When the token endpoint was last asked while mail was held, and how many such probes
     /// in a row failed.
     last_probe: Mutex<Option<(SystemTime, u32)>>,
@@ -84,6 +97,7 @@ impl QueueManager {
         clock: Arc<dyn Clock>,
         counters: Arc<Counters>,
         needs_token: bool,
+        memory: MemoryBudget,
     ) -> Arc<Self> {
         Arc::new(QueueManager {
             spool,
@@ -100,7 +114,7 @@ impl QueueManager {
             schedule: Mutex::new(Schedule::default()),
             mailboxes: Mutex::new(HashMap::new()),
             workers: Arc::new(Semaphore::new(WORKERS)),
-            convert_budget: Semaphore::new(CONVERT_BUDGET_KIB as usize),
+            memory,
             last_probe: Mutex::new(None),
         })
     }
@@ -302,8 +316,9 @@ impl QueueManager {
 
     /// Delivers one message; returns its record when it stays queued (retry or hold).
     async fn deliver(&self, record: Record) -> Option<Record> {
-        let plans = match self.plans(&record).await {
-            Ok(plans) => plans,
+        // Held until the last part is sent: the plans keep decoded attachments in memory.
+        let (plans, _memory) = match self.plans(&record).await {
+            Ok(planned) => planned,
             Err(None) => return None,
             Err(Some(failure)) => return self.finish(record, Err(failure)).await,
         };
@@ -348,24 +363,27 @@ impl QueueManager {
         self.finish(log.snapshot(), Ok(())).await
     }
 
-    /// Reads and converts the message, off the runtime (a 30 MiB parse takes tens of ms). The
-    /// raw bytes are dropped before anything is sent: big attachments are read from the spool
-    /// again, a chunk at a time. `Err(None)`: nothing to do now (deleted meanwhile, or
+    /// Reads and converts the message, off the runtime (a 30 MiB parse takes tens of ms), once
+    /// its estimated share of the memory budget is free; then keeps only what the plans hold.
+    /// The raw bytes are dropped before anything is sent: big attachments are read from the
+    /// spool again, a chunk at a time. `Err(None)`: nothing to do now (deleted meanwhile, or
     /// unreadable until the next rescan).
-    async fn plans(&self, record: &Record) -> Result<Vec<GraphPlan>, Option<DeliveryError>> {
-        let kib = u32::try_from(record.size / 1024 + 1).unwrap_or(u32::MAX);
-        let _budget = self
-            .convert_budget
-            .acquire_many(kib.min(CONVERT_BUDGET_KIB))
-            .await
-            .expect("the convert budget is never closed");
+    async fn plans(
+        &self,
+        record: &Record,
+    ) -> Result<(Vec<GraphPlan>, Reservation), Option<DeliveryError>> {
+        let size = usize::try_from(record.size).unwrap_or(usize::MAX);
+        let mut reservation = self.memory.reserve(convert_memory(size)).await;
         let (spool, id, envelope) = (
             self.spool.clone(),
             record.id.clone(),
             record.envelope.clone(),
         );
         let options = self.options.read().expect("options lock").clone();
+        // The conversion's warnings (a header cut for Graph) carry the queue id.
+        let span = tracing::Span::current();
         let converted = tokio::task::spawn_blocking(move || {
+            let _span = span.enter();
             let raw = spool.read_message(&id, Area::Queue)?;
             Ok(convert(&raw, &envelope, &options))
         })
@@ -384,7 +402,7 @@ impl QueueManager {
                 return Err(None);
             }
         };
-        converted.map_err(|e| {
+        let plans = converted.map_err(|e| {
             let error = LastError {
                 status: None,
                 code: "ConversionFailed".into(),
@@ -399,7 +417,10 @@ impl QueueManager {
                     retry_after: None,
                 }
             })
-        })
+        })?;
+        let held: usize = plans.iter().map(GraphPlan::held_bytes).sum();
+        reservation.shrink_to(held.saturating_add(SEND_MEMORY));
+        Ok((plans, reservation))
     }
 
     async fn finish(&self, record: Record, outcome: Result<(), DeliveryError>) -> Option<Record> {
@@ -763,6 +784,7 @@ mod tests {
             clock.clone(),
             Arc::new(Counters::default()),
             true,
+            MemoryBudget::standalone(1 << 20, 1024),
         );
         let asked = || tokens.asked.load(std::sync::atomic::Ordering::SeqCst);
         manager.pass().await;
@@ -778,5 +800,77 @@ mod tests {
             assert_eq!(asked(), before + 1, "not asked after {wait} s");
         }
         Ok(())
+    }
+
+    /// Sends nothing, but says which message it was asked to send.
+    struct Recording(tokio::sync::mpsc::UnboundedSender<QueueId>);
+
+    #[async_trait::async_trait]
+    impl Transport for Recording {
+        async fn send(&self, delivery: &Delivery<'_>) -> Result<(), DeliveryError> {
+            let _ = self.0.send(delivery.id.clone());
+            Ok(())
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn conversion_waits_for_the_shared_memory_budget_and_never_fails_for_it() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let spool = Spool::open(dir.path())?;
+        let clock = Arc::new(ManualClock::new(SystemTime::now()));
+        let envelope = Envelope::new("a@x.org", vec!["b@y.org".into()]);
+        let record = spool.commit(&envelope, b"From: a@x.org\r\n\r\nhi\r\n", clock.now())?;
+        // Far less than one conversion's estimate: it may only run with all of it.
+        let budget = MemoryBudget::standalone(256 * 1024, 64 * 1024);
+        let (sent, mut sends) = tokio::sync::mpsc::unbounded_channel();
+        let manager = QueueManager::new(
+            spool.clone(),
+            Arc::new(Recording(sent)),
+            Arc::new(NeverAsked),
+            ConvertOptions {
+                sender: Some("a@x.org".into()),
+                ..ConvertOptions::default()
+            },
+            POLICY,
+            clock.clone(),
+            Arc::new(Counters::default()),
+            false,
+            budget.clone(),
+        );
+        // SMTP sessions hold every byte of it.
+        let receiving = budget.reserve(usize::MAX).await;
+        manager.pass().await;
+        let waited = tokio::time::timeout(Duration::from_secs(3600), sends.recv()).await;
+        assert!(
+            waited.is_err(),
+            "nothing converted while the budget is spent"
+        );
+        let queued = spool.list(Area::Queue)?;
+        assert_eq!(queued.len(), 1);
+        assert_eq!((queued[0].state, queued[0].attempts), (State::Pending, 0));
+
+        drop(receiving);
+        assert_eq!(sends.recv().await, Some(record.id));
+        // Delivered: the share is given back once the delivery task ends.
+        while budget.available_bytes() < budget.total_bytes() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(spool.list(Area::Queue)?.is_empty(), "delivered");
+        Ok(())
+    }
+
+    /// Dry-run delivery needs no token.
+    struct NeverAsked;
+
+    #[async_trait::async_trait]
+    impl TokenSource for NeverAsked {
+        async fn token(&self) -> Result<crate::auth::AccessToken, crate::auth::TokenError> {
+            panic!("no token is needed");
+        }
+        fn invalidate(&self, _: &crate::auth::AccessToken) {}
+        fn status_cell(&self) -> &crate::auth::StatusCell {
+            panic!("no token is needed");
+        }
+        fn rejected(&self, _: &str) {}
     }
 }

@@ -8,6 +8,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
+use sha2::{Digest, Sha256};
 
 use crate::convert::base64_stream::Base64Decoder;
 use crate::convert::{AttachmentData, LargeAttachment};
@@ -36,6 +37,9 @@ pub struct AttachmentReader {
     /// Decoded bytes not yet handed out; `decoded_at` is the offset of the first.
     pending: Vec<u8>,
     decoded_at: usize,
+    /// Digest of every byte decoded since the last rewind (always from the part's start).
+    hasher: Sha256,
+    hashed: usize,
 }
 
 impl AttachmentReader {
@@ -49,6 +53,8 @@ impl AttachmentReader {
             decoder: Base64Decoder::default(),
             pending: Vec::new(),
             decoded_at: 0,
+            hasher: Sha256::new(),
+            hashed: 0,
         }
     }
 
@@ -60,9 +66,9 @@ impl AttachmentReader {
                 self.attachment.size
             )));
         }
-        let encoded = match &self.attachment.data {
+        let (encoded, sha256) = match &self.attachment.data {
             AttachmentData::Bytes(bytes) => return Ok(bytes.slice(range)),
-            AttachmentData::Base64 { encoded } => encoded.clone(),
+            AttachmentData::Base64 { encoded, sha256 } => (encoded.clone(), *sha256),
         };
         if self.file.is_none() || range.start < self.decoded_at {
             self.rewind(&encoded)?;
@@ -75,6 +81,10 @@ impl AttachmentReader {
             self.decoded_at += skip;
         }
         self.decode_until(range.len(), &encoded)?;
+        if range.end == self.attachment.size {
+            // The last chunk commits the upload: everything must be the planned bytes first.
+            self.check_digest(&sha256)?;
+        }
         let rest = self.pending.split_off(range.len());
         let chunk = std::mem::replace(&mut self.pending, rest);
         self.decoded_at = range.end;
@@ -88,6 +98,23 @@ impl AttachmentReader {
         self.decoder = Base64Decoder::default();
         self.pending = Vec::new();
         self.decoded_at = 0;
+        self.hasher = Sha256::new();
+        self.hashed = 0;
+        Ok(())
+    }
+
+    /// The digest of the whole attachment, decoded from the start since the last rewind, must
+    /// be the plan's.
+    fn check_digest(&mut self, planned: &[u8; 32]) -> Result<(), SourceError> {
+        self.hash_pending();
+        let digest: [u8; 32] = std::mem::take(&mut self.hasher).finalize().into();
+        // Whatever comes next (a retried chunk) decodes and hashes again from the start.
+        self.file = None;
+        if self.hashed != self.attachment.size || &digest != planned {
+            return Err(self.corrupt(
+                "its bytes are not the ones the plan was made from (SHA-256 differs)".into(),
+            ));
+        }
         Ok(())
     }
 
@@ -113,8 +140,21 @@ impl AttachmentReader {
             if let Err(e) = self.decoder.feed(block, &mut self.pending) {
                 return Err(self.corrupt(e.to_string()));
             }
+            self.hash_pending();
         }
         Ok(())
+    }
+
+    /// Feeds the digest what was decoded since, up to the attachment's size (the text may hold a
+    /// few more bytes than that; they are not the attachment's).
+    fn hash_pending(&mut self) {
+        let decoded_end = (self.decoded_at + self.pending.len()).min(self.attachment.size);
+        if decoded_end > self.hashed {
+            let from = self.hashed - self.decoded_at;
+            let to = decoded_end - self.decoded_at;
+            self.hasher.update(&self.pending[from..to]);
+            self.hashed = decoded_end;
+        }
     }
 
     fn io(&self, source: io::Error) -> SourceError {
@@ -206,6 +246,27 @@ mod tests {
             .set_len(len / 2)?;
         let err = reader.read(0..5_000_000).expect_err("short file");
         assert!(matches!(err, SourceError::Io { .. }), "{err}");
+        Ok(())
+    }
+
+    #[test]
+    fn changed_bytes_that_still_decode_never_complete_an_upload() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let (path, attachment, _) = spooled(dir.path())?;
+        let AttachmentData::Base64 { encoded, .. } = &attachment.data else {
+            return Err("expected a streamed attachment".into());
+        };
+        let mut raw = std::fs::read(&path)?;
+        let at = encoded.start + 100;
+        raw[at] = if raw[at] == b'A' { b'B' } else { b'A' };
+        std::fs::write(&path, &raw)?;
+        let mut reader = AttachmentReader::new(&attachment, &path);
+        let step = 3_276_800;
+        reader.read(0..step)?;
+        let err = reader
+            .read(step..5_000_000)
+            .expect_err("the last chunk is refused");
+        assert!(err.to_string().contains("SHA-256"), "{err}");
         Ok(())
     }
 }

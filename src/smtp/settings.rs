@@ -14,6 +14,7 @@ use tokio::sync::Semaphore;
 use tracing::{error, info, warn};
 
 use crate::config::{Config, SmtpUser};
+use crate::memory::MemoryBudget;
 
 use super::throttle::AuthThrottle;
 use super::tls::{self, ServerTls, TlsSetupError};
@@ -201,12 +202,22 @@ impl SmtpSettings {
     /// The shared budget for message data held in memory, in `DATA_MEMORY_UNIT` permits.
     pub(crate) fn data_memory(&self) -> Arc<Semaphore> {
         self.data_memory
-            .get_or_init(|| {
-                let units =
-                    (self.data_memory_bytes / DATA_MEMORY_UNIT).clamp(1, Semaphore::MAX_PERMITS);
-                Arc::new(Semaphore::new(units))
-            })
+            .get_or_init(|| Arc::new(Semaphore::new(self.data_memory_units())))
             .clone()
+    }
+
+    fn data_memory_units(&self) -> usize {
+        (self.data_memory_bytes / DATA_MEMORY_UNIT).clamp(1, Semaphore::MAX_PERMITS)
+    }
+
+    /// The same budget, for conversion to share: what it holds, reception cannot, and the
+    /// other way round.
+    pub fn shared_memory(&self) -> MemoryBudget {
+        MemoryBudget::new(
+            self.data_memory(),
+            DATA_MEMORY_UNIT,
+            self.data_memory_units(),
+        )
     }
 
     /// Permits for argon2 verifications (see `max_hash_verifications`).

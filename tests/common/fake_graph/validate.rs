@@ -218,8 +218,61 @@ const MESSAGE_PROPS: &[(&str, Kind)] = &[
     ("singleValueExtendedProperties", Kind::ExtProps),
 ];
 
-/// Structure of a `microsoft.graph.message` (not yet whether it can be sent).
+/// Exchange's subject limit, in characters.
+pub const MAX_SUBJECT_CHARS: usize = 255;
+/// Exchange refuses a message whose header section is larger (`552 5.3.4`).
+pub const MAX_HEADER_SECTION_BYTES: usize = 256 * 1024;
+
+/// What the message puts in its MIME header section: the subject, every recipient's name and
+/// address, the custom headers. Exchange adds its own on top, so this errs on the small side.
+fn header_section_bytes(msg: &Value) -> usize {
+    let text = |v: Option<&Value>| v.and_then(Value::as_str).map_or(0, str::len);
+    let recipient = |r: &Value| {
+        let e = get_ci(r, "emailAddress");
+        text(e.and_then(|e| get_ci(e, "name"))) + text(e.and_then(|e| get_ci(e, "address")))
+    };
+    let mut n = text(get_ci(msg, "subject"));
+    for prop in ["toRecipients", "ccRecipients", "bccRecipients", "replyTo"] {
+        n += get_ci(msg, prop)
+            .and_then(Value::as_array)
+            .map_or(0, |a| a.iter().map(recipient).sum());
+    }
+    n += get_ci(msg, "from").map_or(0, recipient);
+    n += get_ci(msg, "internetMessageHeaders")
+        .and_then(Value::as_array)
+        .map_or(0, |a| {
+            a.iter()
+                .map(|h| text(get_ci(h, "name")) + text(get_ci(h, "value")))
+                .sum()
+        });
+    n
+}
+
+/// Structure of a `microsoft.graph.message` (not yet whether it can be sent), and the sizes
+/// Exchange limits: the subject, the header section.
 pub fn message_resource(msg: &Value) -> Result<(), GraphError> {
+    let subject_chars = get_ci(msg, "subject")
+        .and_then(Value::as_str)
+        .map_or(0, |s| s.chars().count());
+    if subject_chars > MAX_SUBJECT_CHARS {
+        return Err(GraphError::new(
+            400,
+            "ErrorInvalidProperty",
+            format!(
+                "(fake Graph) The subject has {subject_chars} characters; Exchange's limit is {MAX_SUBJECT_CHARS}."
+            ),
+        ));
+    }
+    let header_bytes = header_section_bytes(msg);
+    if header_bytes > MAX_HEADER_SECTION_BYTES {
+        return Err(GraphError::new(
+            400,
+            "ErrorMessageSizeExceeded",
+            format!(
+                "(fake Graph) 552 5.3.4 Header size exceeds fixed maximum size: {header_bytes} bytes of subject, addresses and headers, limit {MAX_HEADER_SECTION_BYTES}."
+            ),
+        ));
+    }
     let obj = expect_object("message", msg)?.ok_or_else(|| {
         GraphError::new(
             400,
