@@ -3,7 +3,7 @@
 
 use std::ffi::OsString;
 use std::io::{IsTerminal, Write as _};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::SystemTime;
 
@@ -89,12 +89,10 @@ fn sendmail_command(config: Option<PathBuf>, args: &[OsString]) -> ExitCode {
         Err(e) => return fail(e.into()),
     };
     init_logging(if inv.verbose { "info" } else { "warn" });
-    let source = sendmail::config_source(
+    let config = match sendmail::load_config(
         config.or_else(|| inv.config.clone()),
         std::env::var_os(sendmail::CONFIG_ENV),
-        Path::new(sendmail::SYSTEM_CONFIG).exists(),
-    );
-    let config = match Config::load(&source) {
+    ) {
         Ok(config) => config,
         Err(e) => return fail(e.into()),
     };

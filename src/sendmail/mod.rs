@@ -129,6 +129,36 @@ pub fn config_source(
     }
 }
 
+/// Loads the configuration `config_source` picks. The packaged `/etc/graph-relay/relay.toml` is
+/// readable only by root and the service's group (it names secret files), while `mail()` in PHP
+/// or a cron job runs as some other user. When that file was picked implicitly and this user may
+/// not read it, the built-in defaults and the environment are used instead: such a caller cannot
+/// write the spool either, so it submits over `smtp.listen`, the one key that route needs.
+pub fn load_config(
+    explicit: Option<PathBuf>,
+    env: Option<OsString>,
+) -> Result<Config, ConfigError> {
+    let implicit = explicit.is_none() && env.as_ref().is_none_or(|e| e.is_empty());
+    let system = Path::new(SYSTEM_CONFIG);
+    match Config::load(&config_source(explicit, env, system.exists())) {
+        Err(e) if implicit && is_unreadable(&e, system) => {
+            info!(
+                config = SYSTEM_CONFIG,
+                "not readable by this user; using the built-in defaults"
+            );
+            let env: Vec<(String, String)> = std::env::vars().collect();
+            Config::from_layers(None, &env)
+        }
+        loaded => loaded,
+    }
+}
+
+/// Whether `e` says `path` may not be read by this user.
+fn is_unreadable(e: &ConfigError, path: &Path) -> bool {
+    matches!(e, ConfigError::Read { path: p, source }
+        if p == path && source.kind() == std::io::ErrorKind::PermissionDenied)
+}
+
 /// Runs one sendmail invocation with the process's stdin and stdout. `Ok` means every message
 /// it was given is durable (in the spool, or in the relay's spool over SMTP).
 pub async fn run(inv: Invocation, config: &Config) -> Result<(), SendmailError> {
@@ -423,6 +453,23 @@ mod tests {
             Some(SYSTEM_CONFIG.into())
         );
         assert_eq!(path(config_source(None, None, false)), None);
+    }
+
+    #[test]
+    fn only_a_system_config_this_user_may_not_read_falls_back() {
+        let system = Path::new(SYSTEM_CONFIG);
+        let read = |path: &Path, kind| ConfigError::Read {
+            path: path.into(),
+            source: std::io::Error::from(kind),
+        };
+        use std::io::ErrorKind::{NotFound, PermissionDenied};
+        assert!(is_unreadable(&read(system, PermissionDenied), system));
+        assert!(!is_unreadable(&read(system, NotFound), system));
+        assert!(!is_unreadable(
+            &read(Path::new("/x.toml"), PermissionDenied),
+            system
+        ));
+        assert!(!is_unreadable(&ConfigError::Syntax("x".into()), system));
     }
 
     #[test]
