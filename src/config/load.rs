@@ -38,6 +38,7 @@ fn list_errors(errors: &[KeyError]) -> String {
         .collect::<Vec<_>>()
         .join("\n")
 }
+
 /// Where the config file comes from.
 #[derive(Debug, Clone)]
 pub enum Source {
@@ -77,57 +78,22 @@ impl Config {
     ) -> Result<Config, ConfigError> {
         let defaults = tree(config::Config::builder().add_source(toml(DEFAULTS_TOML)))
             .map_err(|e| ConfigError::Syntax(format!("built-in defaults: {e}")))?;
-        let mut given = config::Config::builder();
-        if let Some(text) = file_text {
-            given = given.add_source(toml(text));
-        }
-        let env_map: Map<String, String> = env
-            .iter()
-            .filter(|(k, _)| k.starts_with(&format!("{ENV_PREFIX}__")))
-            .cloned()
-            .collect();
-        given = given.add_source(
-            config::Environment::with_prefix(ENV_PREFIX)
-                .prefix_separator("__")
-                .separator("__")
-                .try_parsing(false)
-                .source(Some(env_map)),
-        );
-        let given = tree(given).map_err(|e| ConfigError::Syntax(e.to_string()))?;
-
-        let mut accepted = defaults.clone();
-        let mut errors = Vec::new();
-        let mut keys = Vec::new();
-        set_keys(&given, Some(&defaults), &mut Vec::new(), &mut keys);
-        for (path, value) in keys {
-            let mut alone = defaults.clone();
-            set(&mut alone, &path, value.clone());
-            match Config::deserialize(alone) {
-                Ok(_) => set(&mut accepted, &path, value),
-                Err(e) => errors.push(KeyError {
-                    path: path.join("."),
-                    message: clean_message(&e.to_string()),
-                }),
-            }
-        }
+        let given = given_tree(file_text, env)?;
+        let (accepted, mut errors) = read_each_key(&defaults, &given);
         // Keys that are each fine alone are fine together (no field's reading depends on
         // another's), so this only fails if that stops being true: then say where.
-        match serde_path_to_error::deserialize::<_, Config>(accepted) {
-            Ok(config) => {
-                errors.extend(config.validate());
-                if errors.is_empty() {
-                    Ok(config)
-                } else {
-                    Err(ConfigError::Invalid(errors))
-                }
-            }
+        let config = match serde_path_to_error::deserialize::<_, Config>(accepted) {
+            Ok(config) => config,
             Err(e) => {
-                errors.push(KeyError {
-                    path: e.path().to_string(),
-                    message: clean_message(&e.inner().to_string()),
-                });
-                Err(ConfigError::Invalid(errors))
+                errors.push(key_error(e.path().to_string(), e.inner()));
+                return Err(ConfigError::Invalid(errors));
             }
+        };
+        errors.extend(config.validate());
+        if errors.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError::Invalid(errors))
         }
     }
 }
@@ -149,6 +115,56 @@ fn tree(
     builder: config::ConfigBuilder<config::builder::DefaultState>,
 ) -> Result<Value, config::ConfigError> {
     builder.build()?.try_deserialize()
+}
+
+/// What the file and the environment set, without the defaults.
+fn given_tree(file_text: Option<&str>, env: &[(String, String)]) -> Result<Value, ConfigError> {
+    let mut given = config::Config::builder();
+    if let Some(text) = file_text {
+        given = given.add_source(toml(text));
+    }
+    let env_map: Map<String, String> = env
+        .iter()
+        .filter(|(k, _)| k.starts_with(&format!("{ENV_PREFIX}__")))
+        .cloned()
+        .collect();
+    given = given.add_source(
+        config::Environment::with_prefix(ENV_PREFIX)
+            .prefix_separator("__")
+            .separator("__")
+            .try_parsing(false)
+            .source(Some(env_map)),
+    );
+    tree(given).map_err(|e| ConfigError::Syntax(e.to_string()))
+}
+
+/// Reads each key `given` sets on its own, against the defaults: a bad one is reported with its
+/// path and left out (its default stands), so every bad key is found in one pass. Returns the
+/// defaults with the good keys put in.
+fn read_each_key(defaults: &Value, given: &Value) -> (Value, Vec<KeyError>) {
+    let mut accepted = defaults.clone();
+    let mut errors = Vec::new();
+    let mut keys = Vec::new();
+    set_keys(given, Some(defaults), &mut Vec::new(), &mut keys);
+    for (path, value) in keys {
+        let mut alone = defaults.clone();
+        set(&mut alone, &path, value.clone());
+        match Config::deserialize(alone) {
+            Ok(_) => set(&mut accepted, &path, value),
+            Err(e) => errors.push(key_error(path.join("."), &e)),
+        }
+    }
+    (accepted, errors)
+}
+
+/// config's errors repeat the key ("for key `x`"); the path already says it.
+fn key_error(path: String, error: &config::ConfigError) -> KeyError {
+    let message = error.to_string();
+    let message = match message.find(" for key `") {
+        Some(at) => message[..at].to_string(),
+        None => message,
+    };
+    KeyError { path, message }
 }
 
 fn read_file(path: &Path) -> Result<String, ConfigError> {
@@ -204,13 +220,5 @@ fn table(node: &mut Value) -> &mut Map<String, Value> {
     match &mut node.kind {
         ValueKind::Table(map) => map,
         _ => unreachable!("made a table just above"),
-    }
-}
-
-/// config's errors repeat the key ("for key `x`"); the path already says it.
-fn clean_message(message: &str) -> String {
-    match message.find(" for key `") {
-        Some(at) => message[..at].to_string(),
-        None => message.to_string(),
     }
 }
