@@ -5,11 +5,11 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use ipnet::IpNet;
 use tokio::sync::Semaphore;
 use tracing::{error, info, warn};
 
@@ -87,54 +87,43 @@ pub enum TlsReload {
 }
 
 impl SmtpSettings {
-    /// The built-in defaults (those of `relay.toml`), with the given host name.
+    /// The built-in defaults (those of `relay.toml`, read from `Config::default()`), with the
+    /// given host name.
     pub fn new(hostname: impl Into<String>) -> Self {
-        SmtpSettings {
-            hostname: one_line(&hostname.into()),
-            max_message_bytes: 36_700_160,
-            allowed_networks: vec![
-                IpNet::V4(
-                    Ipv4Net::new(Ipv4Addr::new(127, 0, 0, 0), 8).expect("8 is a valid prefix"),
-                ),
-                IpNet::V6(Ipv6Net::new(Ipv6Addr::LOCALHOST, 128).expect("128 is a valid prefix")),
-            ],
-            max_recipients: 1000,
-            max_connections: 200,
-            idle_timeout: Duration::from_secs(300),
-            command_timeout: Duration::from_secs(300),
-            data_timeout: Duration::from_secs(600),
-            shutdown_grace: Duration::from_secs(10),
-            max_errors: 10,
-            max_auth_failures: 3,
-            require_auth: false,
-            users: BTreeMap::new(),
-            auth_throttle: AuthThrottle::default(),
-            max_hash_verifications: std::thread::available_parallelism()
-                .map_or(2, usize::from)
-                .clamp(1, 8),
-            tls: None,
-            data_memory_bytes: 512 * 1024 * 1024,
-            limiter: OnceLock::new(),
-            data_memory: OnceLock::new(),
-            hash_slots: OnceLock::new(),
-        }
+        let mut s = Self::from_config(&Config::default());
+        s.hostname = one_line(&hostname.into());
+        s
     }
 
     /// Everything from the config except TLS (which needs file reads that can fail; see
     /// `try_from_config`).
     pub fn from_config(c: &Config) -> Self {
         let smtp = &c.smtp;
-        let mut s = SmtpSettings::new(c.hostname());
-        s.max_message_bytes = usize::try_from(smtp.max_message_bytes).unwrap_or(usize::MAX);
-        s.allowed_networks = smtp.allowed_networks.clone();
-        s.max_recipients = smtp.max_recipients.max(1);
-        s.max_connections = smtp.max_connections.max(1);
-        s.idle_timeout = Duration::from_secs(smtp.idle_timeout_secs.max(1));
-        s.command_timeout = Duration::from_secs(smtp.command_timeout_secs.max(1));
-        s.data_timeout = Duration::from_secs(smtp.data_timeout_secs.max(1));
-        s.require_auth = smtp.require_auth;
-        s.users = smtp.users.clone();
-        s.data_memory_bytes = usize::try_from(smtp.data_memory_bytes).unwrap_or(usize::MAX);
+        let s = SmtpSettings {
+            hostname: one_line(&c.hostname()),
+            max_message_bytes: usize::try_from(smtp.max_message_bytes).unwrap_or(usize::MAX),
+            allowed_networks: smtp.allowed_networks.clone(),
+            max_recipients: smtp.max_recipients.max(1),
+            max_connections: smtp.max_connections.max(1),
+            idle_timeout: Duration::from_secs(smtp.idle_timeout_secs.max(1)),
+            command_timeout: Duration::from_secs(smtp.command_timeout_secs.max(1)),
+            data_timeout: Duration::from_secs(smtp.data_timeout_secs.max(1)),
+            // Not config keys: fixed policy.
+            shutdown_grace: Duration::from_secs(10),
+            max_errors: 10,
+            max_auth_failures: 3,
+            require_auth: smtp.require_auth,
+            users: smtp.users.clone(),
+            auth_throttle: AuthThrottle::default(),
+            max_hash_verifications: std::thread::available_parallelism()
+                .map_or(2, usize::from)
+                .clamp(1, 8),
+            tls: None,
+            data_memory_bytes: usize::try_from(smtp.data_memory_bytes).unwrap_or(usize::MAX),
+            limiter: OnceLock::new(),
+            data_memory: OnceLock::new(),
+            hash_slots: OnceLock::new(),
+        };
         for (user, mailbox) in unsendable_mailboxes(c) {
             warn!(
                 user = %user,
