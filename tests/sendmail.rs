@@ -263,7 +263,18 @@ async fn a_lone_dot_ends_the_message_unless_dash_i() {
 
 #[tokio::test]
 async fn refusals_exit_with_sysexits_codes_and_queue_nothing() {
-    let s = spooled("max_message_bytes = 2000\n");
+    let s = spooled("max_message_bytes = 20000\n");
+    // MIME nested past the limit: nothing the relay would ever convert.
+    let depth = graph_relay::convert::MAX_MIME_NESTING + 1;
+    let mut too_deep = b"Subject: deep\n".to_vec();
+    for i in 0..depth {
+        too_deep
+            .extend(format!("Content-Type: multipart/mixed; boundary=b{i}\n\n--b{i}\n").bytes());
+    }
+    too_deep.extend(b"Content-Type: text/plain\n\nthe bottom\n");
+    for i in (0..depth).rev() {
+        too_deep.extend(format!("--b{i}--\n").bytes());
+    }
     let cases: [(&[&str], &[u8], i32, &str); 6] = [
         (&[], b"Subject: x\n\nno one\n", 64, "no recipients"),
         (
@@ -276,18 +287,11 @@ async fn refusals_exit_with_sysexits_codes_and_queue_nothing() {
         (&["root"], b"x\n", 67, "not a full address"),
         (
             &["a@example.org"],
-            &[b'x'; 3000],
+            &[b'x'; 30000],
             65,
             "larger than smtp.max_message_bytes",
         ),
-        // With the null sender no From is added: a message with no header at all is nothing
-        // the relay could ever convert.
-        (
-            &["-f", "<>", "a@example.org"],
-            b"just text\n",
-            65,
-            "message refused",
-        ),
+        (&["a@example.org"], &too_deep, 65, "nested too deeply"),
     ];
     for (args, input, code, text) in cases {
         let out = sendmail(&s.config, args, input).await;
