@@ -15,6 +15,7 @@ use graph_relay::app::{self, StartOptions};
 use std::sync::Arc;
 
 use graph_relay::auth;
+use graph_relay::auth::device_code::{self, SignInError};
 use graph_relay::cli::{
     AuthCommand, CheckArgs, Cli, Command, PasswdArgs, QueueCommand, SendTestArgs, SendmailArgs,
     ServeArgs,
@@ -247,26 +248,29 @@ fn http_client(config: &Config) -> Result<reqwest::Client> {
 async fn login(config: Config) -> Result<ExitCode> {
     let http = http_client(&config)?;
     if let Some(device) = auth::device_login(&config, http.clone()) {
-        let code = device.start().await?;
-        println!(
-            "To sign in, open {} and enter the code {}",
-            code.verification_uri, code.user_code
-        );
-        if let Some(message) = &code.message {
-            println!("{message}");
-        }
-        std::io::stdout().flush().ok();
-        return match device.poll(&code, tokio::time::sleep).await {
-            Ok(response) => {
-                auth::store_login(&config, response, SystemTime::now())
-                    .with_context(|| format!("writing {}", config.token_cache_path().display()))?;
+        let pending = device_code::login(device, &config, |code| {
+            println!(
+                "To sign in, open {} and enter the code {}",
+                code.verification_uri, code.user_code
+            );
+            if let Some(message) = &code.message {
+                println!("{message}");
+            }
+            std::io::stdout().flush().ok();
+        })
+        .await?;
+        return match pending.signed_in().await {
+            Ok(()) => {
                 println!(
                     "signed in; tokens stored in {}",
                     config.token_cache_path().display()
                 );
                 Ok(ExitCode::SUCCESS)
             }
-            Err(e) => {
+            Err(SignInError::Store(e)) => {
+                Err(e).with_context(|| format!("writing {}", config.token_cache_path().display()))
+            }
+            Err(SignInError::Login(e)) => {
                 println!("login failed: {e}");
                 Ok(ExitCode::FAILURE)
             }

@@ -1,12 +1,14 @@
 //! The device code flow (RFC 8628, as Entra does it): ask for a code, show the person the link
-//! and the code, poll until they sign in, and return the tokens. Used by `graph-relay auth
-//! login` and by the status page's Re-authorize button.
+//! and the code, poll until they sign in, and return the tokens. `login` is the whole sign-in,
+//! shared by `graph-relay auth login` and the status page's Re-authorize button; they differ
+//! only in how the code is shown and whether the waiting runs in the foreground.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
 use super::entra::{EntraError, TokenResponse};
+use crate::config::Config;
 use crate::outbound::describe;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -45,6 +47,49 @@ pub enum LoginError {
     Failed(String),
     #[error("cannot reach the identity platform: {0}")]
     Unreachable(String),
+}
+
+/// Why a sign-in that got a code ended without tokens in the cache.
+#[derive(Debug, thiserror::Error)]
+pub enum SignInError {
+    #[error(transparent)]
+    Login(#[from] LoginError),
+    #[error("cannot write the token cache: {0}")]
+    Store(std::io::Error),
+}
+
+/// One sign-in: asks for a device code and hands it to `show` (printed by the CLI, put on the
+/// page by the button). What is left — waiting for the person, then storing the tokens where a
+/// running `serve` picks them up — comes back as a `PendingLogin`, so the CLI can wait for it
+/// in the foreground and the page in a background task.
+pub async fn login(
+    device: DeviceLogin,
+    config: &Config,
+    show: impl FnOnce(&DeviceCode),
+) -> Result<PendingLogin, LoginError> {
+    let code = device.start().await?;
+    show(&code);
+    Ok(PendingLogin {
+        device,
+        code,
+        config: config.clone(),
+    })
+}
+
+/// A device code that is out: the rest of a `login`.
+#[derive(Debug)]
+pub struct PendingLogin {
+    device: DeviceLogin,
+    code: DeviceCode,
+    config: Config,
+}
+
+impl PendingLogin {
+    /// Polls until the person signs in (or declines, or the code expires) and stores the tokens.
+    pub async fn signed_in(self) -> Result<(), SignInError> {
+        let response = self.device.poll(&self.code, tokio::time::sleep).await?;
+        super::store_login(&self.config, response, SystemTime::now()).map_err(SignInError::Store)
+    }
 }
 
 /// Endpoints and client for one login.

@@ -1,6 +1,7 @@
-//! The status surface: counters every part bumps, and (in `http`) the `/status` JSON, the
-//! `/metrics` text and the HTML page. Reads the spool and the token state; changes nothing
-//! except through the same spool operations the CLI uses.
+//! The status surface: counters every part bumps, and the status listener: `http` (router and
+//! guards), `json` (`/status`), `metrics` (`/metrics`), `page` (the HTML page) and `actions`
+//! (its buttons). Reads the spool and the token state; changes nothing except through the same
+//! spool operations and sign-in the CLI uses.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -32,4 +33,8 @@ impl Counters {
     }
 }
 
+pub mod actions;
 pub mod http;
+pub mod json;
+pub mod metrics;
+pub mod page;
