@@ -150,6 +150,19 @@ as_service /usr/bin/graph-relay --config /etc/graph-relay/relay.toml queue list 
     fail "queue list does not show $id"
 ok "message $id queued and listed"
 
+# PHP's mail() and cron run the packaged sendmail link as some other user, who may read neither
+# relay.toml (0640) nor the spool (0700): it hands the message to the relay over SMTP, and exits
+# 0 only on the relay's 250. The environment names the relay's port, as it is not 2525 here.
+[ "$(readlink -f /usr/lib/graph-relay/sendmail)" = /usr/bin/graph-relay ] ||
+    fail "/usr/lib/graph-relay/sendmail does not lead to /usr/bin/graph-relay"
+printf 'To: someone@example.com\nSubject: via sendmail\n\nqueued by sendmail as nobody\n' |
+    GRAPH_RELAY__SMTP__LISTEN="$smtp" setpriv --reuid=nobody --regid=nogroup --clear-groups \
+        /usr/lib/graph-relay/sendmail -t -i ||
+    { cat "$log"; fail "sendmail as nobody did not hand the message over"; }
+queued=($spool/queue/*.json)
+[ ${#queued[@]} -eq 2 ] || fail "expected 2 messages in $spool/queue after sendmail, found ${#queued[@]}"
+ok "sendmail as nobody: queued by the relay over SMTP"
+
 # ExecReload sends SIGHUP: the relay must reload and keep running.
 kill -HUP "$relay_pid"
 for _ in $(seq 100); do grep -q "configuration reloaded" "$log" && break; sleep 0.1; done
@@ -209,6 +222,7 @@ dpkg -r graph-relay
 [ "$(dpkg-query -W -f='${db:Status-Abbrev}' graph-relay)" = "rc " ] || fail "not in state rc after dpkg -r"
 expect_stat /usr/bin/graph-relay absent
 expect_stat $unit absent
+[ ! -L /usr/lib/graph-relay/sendmail ] || fail "dpkg -r left /usr/lib/graph-relay/sendmail"
 expect_stat /etc/graph-relay/relay.toml "640 root:graph-relay"
 expect_stat "${queued[0]}" "600 graph-relay:graph-relay"
 getent passwd graph-relay >/dev/null || fail "dpkg -r removed the graph-relay user"
