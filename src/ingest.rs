@@ -10,8 +10,9 @@ use tracing::{error, warn};
 use crate::clock::Clock;
 use crate::convert::precheck;
 use crate::deliver::QueueManager;
+use crate::envelope::{Envelope, QueueId};
 use crate::smtp::{AcceptError, MessageSink};
-use crate::spool::{Envelope, QueueId, Spool, SpoolError};
+use crate::spool::{Spool, SpoolError};
 use crate::status::Counters;
 
 /// The SMTP sink of `serve`: refuses mail that can never be converted, commits the rest to the

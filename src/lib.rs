@@ -1,6 +1,7 @@
 //! graph-relay: accepts mail over SMTP on localhost and delivers it through Microsoft Graph
 //! `sendMail`. Modules are listed in data-flow order; the spool on disk is the truth.
 
+pub mod envelope;
 pub mod config;
 pub mod clock;
 pub mod smtp;

@@ -20,7 +20,8 @@ pub use outbox::Outbox;
 pub use queue::{QueueManager, RetryPolicy, apply_failure};
 
 use crate::convert::GraphPlan;
-use crate::spool::{DraftNote, LastError, QueueId};
+use crate::envelope::QueueId;
+use crate::spool::{DraftNote, LastError};
 
 /// Why a delivery attempt did not succeed, by what happens to the message next.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

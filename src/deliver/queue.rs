@@ -16,7 +16,8 @@ use super::{Delivery, DeliveryError, DraftLog, Transport};
 use crate::auth::{TokenSource, TokenState};
 use crate::clock::Clock;
 use crate::convert::{ConvertOptions, GraphPlan, convert};
-use crate::spool::{Area, DraftNote, LastError, QueueId, Record, Spool, SpoolError, State};
+use crate::envelope::QueueId;
+use crate::spool::{Area, DraftNote, LastError, Record, Spool, SpoolError, State};
 use crate::status::Counters;
 
 /// Graph allows four concurrent requests per mailbox.
@@ -578,7 +579,7 @@ mod tests {
     use super::*;
     use crate::TestResult;
     use crate::clock::ManualClock;
-    use crate::spool::Envelope;
+    use crate::envelope::Envelope;
 
     const POLICY: RetryPolicy = RetryPolicy {
         backoff: Backoff {

@@ -26,7 +26,8 @@ use crate::auth::device_code::{DeviceCode, DeviceLogin};
 use crate::auth::{TokenSource, TokenState, advice};
 use crate::config::{Config, is_host_name};
 use crate::deliver::{GraphStats, LATENCY_BUCKETS};
-use crate::spool::{QueueCounts, QueueId, Record, Spool, SpoolError, State as MailState};
+use crate::envelope::QueueId;
+use crate::spool::{QueueCounts, Record, Spool, SpoolError, State as MailState};
 
 /// What the handlers read and act on.
 pub struct StatusContext {
