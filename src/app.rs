@@ -29,12 +29,12 @@ use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, Flow};
 use crate::convert::ConvertOptions;
 use crate::deliver::backoff::Backoff;
-use crate::deliver::{GraphStats, GraphTransport, Outbox, QueueManager, RetryPolicy, Transport};
+use crate::deliver::{GraphTransport, Outbox, QueueManager, RetryPolicy, Transport};
 use crate::ingest::Ingest;
+use crate::metrics::{Counters, GraphStats};
 use crate::notify::{Notice, Notifier};
 use crate::smtp::{self, MessageSink, SmtpSettings};
 use crate::spool::{LockError, Spool, SpoolError, SpoolLock, WriteHook, private_dir};
-use crate::status::Counters;
 use crate::status::http::{self as status_http, StatusContext};
 
 /// How often the relay renews its sign-in even when no mail flows.

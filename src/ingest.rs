@@ -11,9 +11,9 @@ use crate::clock::Clock;
 use crate::convert::precheck;
 use crate::deliver::QueueManager;
 use crate::envelope::{Envelope, QueueId};
+use crate::metrics::Counters;
 use crate::smtp::{AcceptError, MessageSink};
 use crate::spool::{Spool, SpoolError};
-use crate::status::Counters;
 
 /// The SMTP sink of `serve`: refuses mail that can never be converted, commits the rest to the
 /// spool, and wakes delivery.

@@ -2,6 +2,7 @@
 //! `sendMail`. Modules are listed in data-flow order; the spool on disk is the truth.
 
 pub mod envelope;
+pub mod metrics;
 pub mod config;
 pub mod clock;
 pub mod smtp;

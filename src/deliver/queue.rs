@@ -17,8 +17,8 @@ use crate::auth::{TokenSource, TokenState};
 use crate::clock::Clock;
 use crate::convert::{ConvertOptions, GraphPlan, convert};
 use crate::envelope::QueueId;
+use crate::metrics::Counters;
 use crate::spool::{Area, DraftNote, LastError, Record, Spool, SpoolError, State};
-use crate::status::Counters;
 
 /// Graph allows four concurrent requests per mailbox.
 pub const PER_MAILBOX: usize = 4;

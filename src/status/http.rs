@@ -21,12 +21,11 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::Counters;
 use crate::auth::device_code::{DeviceCode, DeviceLogin};
 use crate::auth::{TokenSource, TokenState, advice};
 use crate::config::{Config, is_host_name};
-use crate::deliver::{GraphStats, LATENCY_BUCKETS};
 use crate::envelope::QueueId;
+use crate::metrics::{Counters, GraphStats, LATENCY_BUCKETS};
 use crate::spool::{QueueCounts, Record, Spool, SpoolError, State as MailState};
 
 /// What the handlers read and act on.
