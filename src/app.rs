@@ -129,6 +129,7 @@ impl Running {
 
     /// Stops accepting, lets in-flight work finish within the grace period, and returns.
     pub async fn shutdown(self) {
+        // A little longer than the tasks' own grace, so they end on their own first.
         self.tasks
             .stop(SHUTDOWN_GRACE + Duration::from_secs(2))
             .await;
