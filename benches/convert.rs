@@ -19,7 +19,7 @@ use std::hint::black_box;
 use cases::{Case, case_dirs, pattern};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use graph_relay::convert::{self, ConvertOptions};
-use graph_relay::spool::Envelope;
+use graph_relay::envelope::Envelope;
 use mail_builder::MessageBuilder;
 use mail_parser::MessageParser;
 

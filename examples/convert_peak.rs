@@ -8,7 +8,7 @@
 //! ```
 
 use graph_relay::convert::{self, ConvertOptions};
-use graph_relay::spool::Envelope;
+use graph_relay::envelope::Envelope;
 
 fn peak_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")

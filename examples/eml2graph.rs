@@ -12,7 +12,7 @@ use std::io::Read as _;
 use std::process::ExitCode;
 
 use graph_relay::convert::{self, ConvertOptions};
-use graph_relay::spool::Envelope;
+use graph_relay::envelope::Envelope;
 
 fn usage() -> ExitCode {
     eprintln!(

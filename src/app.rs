@@ -14,9 +14,10 @@
 //! accepted in the real queue, to be sent for real later. A dry run still takes the lock of
 //! `queue.dir`, so it never runs beside a real serve of the same spool.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
@@ -24,21 +25,19 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::auth::{TokenSource, Tokens};
+use crate::auth::upkeep::{KEEP_SIGNED_IN, keep_signed_in};
+use crate::auth::{TokenSource, TokenState, Tokens};
 use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, Flow};
 use crate::convert::ConvertOptions;
 use crate::deliver::backoff::Backoff;
-use crate::deliver::{GraphStats, GraphTransport, Outbox, QueueManager, RetryPolicy, Transport};
+use crate::deliver::{GraphTransport, Outbox, QueueManager, RetryPolicy, Transport};
 use crate::ingest::Ingest;
-use crate::notify::{Notice, Notifier};
+use crate::metrics::{Counters, GraphStats};
+use crate::notify::{Notifier, watch_token_state};
 use crate::smtp::{self, MessageSink, SmtpSettings};
 use crate::spool::{LockError, Spool, SpoolError, SpoolLock, WriteHook, private_dir};
-use crate::status::Counters;
 use crate::status::http::{self as status_http, StatusContext};
-
-/// How often the relay renews its sign-in even when no mail flows.
-const KEEP_SIGNED_IN: Duration = Duration::from_secs(12 * 3600);
 
 /// How long shutdown waits for SMTP sessions and in-flight deliveries.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -89,8 +88,7 @@ pub struct Running {
     http: reqwest::Client,
     clock: Arc<dyn Clock>,
     status_addr: Option<SocketAddr>,
-    shutdown: CancellationToken,
-    tasks: JoinSet<()>,
+    tasks: Tasks,
     waker: Arc<Notify>,
     /// Held until the relay is dropped (after shutdown), or the process dies.
     _lock: SpoolLock,
@@ -130,34 +128,161 @@ impl Running {
     }
 
     /// Stops accepting, lets in-flight work finish within the grace period, and returns.
-    pub async fn shutdown(mut self) {
+    pub async fn shutdown(self) {
+        // A little longer than the tasks' own grace, so they end on their own first.
+        self.tasks
+            .stop(SHUTDOWN_GRACE + Duration::from_secs(2))
+            .await;
+    }
+}
+
+/// Starts every part of `serve`: the shared parts first, then the listeners, then the
+/// background tasks.
+pub async fn start(config: Config, opts: StartOptions) -> Result<Running, AppError> {
+    let config = Arc::new(config);
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let (lock, spool) = open_spool(&config, &opts).await?;
+    let http = crate::outbound::client(&config)?;
+    let tokens = Arc::new(Tokens::new(&config, http.clone(), opts.clock.clone()));
+    let counters = Arc::new(Counters::default());
+    let graph_stats = Arc::new(GraphStats::default());
+    let settings =
+        Arc::new(SmtpSettings::try_from_config(&config).map_err(|e| AppError::Tls(e.to_string()))?);
+    let manager = QueueManager::new(
+        spool.clone(),
+        transport(&config, opts.dry_run, &http, &tokens, &graph_stats),
+        tokens.clone(),
+        convert_options(&config),
+        retry_policy(&config),
+        opts.clock.clone(),
+        counters.clone(),
+        !opts.dry_run,
+        // One budget for reception and conversion (`smtp.data_memory_bytes`).
+        settings.shared_memory(),
+    );
+    let waker = manager.waker();
+    let mut tasks = Tasks::default();
+
+    let sink: Arc<dyn MessageSink> = Arc::new(Ingest::new(
+        spool.clone(),
+        opts.clock.clone(),
+        counters.clone(),
+        manager.clone(),
+    ));
+    let smtp_addrs = tasks
+        .listen(&config.smtp.listen, |listener, stop| {
+            smtp::serve(listener, settings.clone(), sink.clone(), stop)
+        })
+        .await?;
+    let implicit_tls_addrs = tasks
+        .listen(&config.smtp.implicit_tls_listen, |listener, stop| {
+            smtp::serve_implicit_tls(listener, settings.clone(), sink.clone(), stop)
+        })
+        .await?;
+    let status = Arc::new(StatusContext {
+        config: config.clone(),
+        spool: spool.clone(),
+        tokens: tokens.clone(),
+        counters,
+        graph_stats,
+        device: crate::auth::device_login(&config, http.clone()),
+        waker: waker.clone(),
+        login: Default::default(),
+    });
+    let status_addr = tasks
+        .listen(config.status.listen.as_slice(), |listener, stop| {
+            serve_status(listener, status.clone(), stop)
+        })
+        .await?
+        .first()
+        .copied();
+
+    tasks.spawn(|stop| manager.clone().run(stop, SHUTDOWN_GRACE));
+    let notifier = Notifier::for_config(&config, http.clone());
+    tasks.spawn(|stop| {
+        watch_token_state(tokens.clone(), notifier, spool, waker.clone(), config, stop)
+    });
+    if !opts.dry_run {
+        tasks.spawn(|stop| keep_signed_in(tokens.clone(), KEEP_SIGNED_IN, stop));
+    }
+    log_started(&tokens, &smtp_addrs, status_addr, opts.dry_run);
+    Ok(Running {
+        smtp_addrs,
+        implicit_tls_addrs,
+        tokens,
+        manager,
+        smtp: settings,
+        http,
+        clock: opts.clock,
+        status_addr,
+        tasks,
+        waker,
+        _lock: lock,
+    })
+}
+
+/// Every task `serve` runs, and the token that tells them to stop.
+#[derive(Default)]
+struct Tasks {
+    set: JoinSet<()>,
+    shutdown: CancellationToken,
+}
+
+impl Tasks {
+    /// Runs `task` until it returns; it is handed the shutdown token.
+    fn spawn<F, Fut>(&mut self, task: F)
+    where
+        F: FnOnce(CancellationToken) -> Fut,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.set.spawn(task(self.shutdown.clone()));
+    }
+
+    /// Binds every address in `addrs` and serves each with `serve`; returns the addresses
+    /// actually bound (tests bind port 0 and read them back). The first address that cannot be
+    /// bound fails the start.
+    async fn listen<F, Fut>(
+        &mut self,
+        addrs: &[SocketAddr],
+        mut serve: F,
+    ) -> Result<Vec<SocketAddr>, AppError>
+    where
+        F: FnMut(TcpListener, CancellationToken) -> Fut,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let mut bound = Vec::with_capacity(addrs.len());
+        for addr in addrs {
+            let (listener, local) = bind(*addr).await?;
+            bound.push(local);
+            self.spawn(|stop| serve(listener, stop));
+        }
+        Ok(bound)
+    }
+
+    /// Cancels every task and waits for them up to `deadline`; what is left is abandoned.
+    async fn stop(mut self, deadline: Duration) {
         self.shutdown.cancel();
-        let deadline = SHUTDOWN_GRACE + Duration::from_secs(2);
         if tokio::time::timeout(deadline, async {
-            while self.tasks.join_next().await.is_some() {}
+            while self.set.join_next().await.is_some() {}
         })
         .await
         .is_err()
         {
             warn!("shutdown grace period over; abandoning what is left (it stays in the spool)");
-            self.tasks.abort_all();
+            self.set.abort_all();
         }
     }
 }
 
-/// Starts every part of `serve`.
-pub async fn start(config: Config, opts: StartOptions) -> Result<Running, AppError> {
-    let config = Arc::new(config);
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let (lock, mut spool) = open_spool(&config, opts.dry_run).await?;
-    if let Some(hook) = opts.spool_write_hook.clone() {
-        spool = spool.with_write_hook(hook);
-    }
-    let http = crate::outbound::client(&config)?;
-    let tokens = Arc::new(Tokens::new(&config, http.clone(), opts.clock.clone()));
-    let counters = Arc::new(Counters::default());
-    let graph_stats = Arc::new(GraphStats::default());
-    let transport: Arc<dyn Transport> = if opts.dry_run {
+/// Graph, or for a dry run the outbox in `<queue.dir>/outbox/`.
+fn transport(
+    config: &Config,
+    dry_run: bool,
+    http: &reqwest::Client,
+    tokens: &Arc<Tokens>,
+    graph_stats: &Arc<GraphStats>,
+) -> Arc<dyn Transport> {
+    if dry_run {
         Arc::new(Outbox::new(
             outbox_dir(&config.queue.dir),
             &config.microsoft.graph_url,
@@ -169,193 +294,50 @@ pub async fn start(config: Config, opts: StartOptions) -> Result<Running, AppErr
             tokens.clone(),
             graph_stats.clone(),
         ))
-    };
-    let settings =
-        Arc::new(SmtpSettings::try_from_config(&config).map_err(|e| AppError::Tls(e.to_string()))?);
-    let manager = QueueManager::new(
-        spool.clone(),
-        transport,
-        tokens.clone(),
-        convert_options(&config),
-        RetryPolicy {
-            backoff: Backoff {
-                min: config.queue.retry_min,
-                max: config.queue.retry_max,
-            },
-            max_age: config.queue.max_age,
+    }
+}
+
+fn retry_policy(config: &Config) -> RetryPolicy {
+    RetryPolicy {
+        backoff: Backoff {
+            min: config.queue.retry_min,
+            max: config.queue.retry_max,
         },
-        opts.clock.clone(),
-        counters.clone(),
-        !opts.dry_run,
-        // One budget for reception and conversion (`smtp.data_memory_bytes`).
-        settings.shared_memory(),
-    );
-    let waker = manager.waker();
-    let shutdown = CancellationToken::new();
-    let mut tasks = JoinSet::new();
-
-    let sink: Arc<dyn MessageSink> = Arc::new(Ingest::new(
-        spool.clone(),
-        opts.clock.clone(),
-        counters.clone(),
-        manager.clone(),
-    ));
-    let mut smtp_addrs = Vec::new();
-    for addr in &config.smtp.listen {
-        let (listener, bound) = bind(*addr).await?;
-        smtp_addrs.push(bound);
-        tasks.spawn(smtp::serve(
-            listener,
-            settings.clone(),
-            sink.clone(),
-            shutdown.clone(),
-        ));
+        max_age: config.queue.max_age,
     }
-    let mut implicit_tls_addrs = Vec::new();
-    for addr in &config.smtp.implicit_tls_listen {
-        let (listener, bound) = bind(*addr).await?;
-        implicit_tls_addrs.push(bound);
-        tasks.spawn(smtp::serve_implicit_tls(
-            listener,
-            settings.clone(),
-            sink.clone(),
-            shutdown.clone(),
-        ));
-    }
+}
 
-    let status_addr = match config.status.listen {
-        Some(addr) => {
-            let (listener, bound) = bind(addr).await?;
-            let ctx = Arc::new(StatusContext {
-                config: config.clone(),
-                spool: spool.clone(),
-                tokens: tokens.clone(),
-                counters: counters.clone(),
-                graph_stats,
-                device: crate::auth::device_login(&config, http.clone()),
-                waker: waker.clone(),
-                login: Default::default(),
-            });
-            let stop = shutdown.clone();
-            tasks.spawn(async move {
-                if let Err(e) = status_http::serve(listener, ctx, stop).await {
-                    error!(error = %e, "status listener failed");
-                }
-            });
-            Some(bound)
-        }
-        None => None,
-    };
-
-    tasks.spawn(manager.clone().run(shutdown.clone(), SHUTDOWN_GRACE));
-    let notifier = Notifier::new(
-        http.clone(),
-        config.notify.webhook_url.clone(),
-        config.notify.command.clone(),
-    );
-    tasks.spawn(watch_token_state(
-        tokens.clone(),
-        notifier,
-        spool.clone(),
-        waker.clone(),
-        config.clone(),
-        shutdown.clone(),
-    ));
-    if !opts.dry_run {
-        tasks.spawn(keep_signed_in(
-            tokens.clone(),
-            KEEP_SIGNED_IN,
-            shutdown.clone(),
-        ));
+async fn serve_status(listener: TcpListener, ctx: Arc<StatusContext>, stop: CancellationToken) {
+    if let Err(e) = status_http::serve(listener, ctx, stop).await {
+        error!(error = %e, "status listener failed");
     }
+}
+
+/// The start-up line, and an error when mail will be held for want of credentials.
+fn log_started(
+    tokens: &Tokens,
+    smtp_addrs: &[SocketAddr],
+    status_addr: Option<SocketAddr>,
+    dry_run: bool,
+) {
     let status = tokens.status();
     info!(
         smtp = ?smtp_addrs,
         status = ?status_addr,
-        dry_run = opts.dry_run,
+        dry_run,
         token_state = status.state.as_str(),
         "graph-relay started"
     );
-    if !opts.dry_run && status.state != crate::auth::TokenState::Valid {
+    if !dry_run && status.state != TokenState::Valid {
         error!(reason = %status.reason, "no usable Microsoft credentials: mail is accepted and held until they are configured");
-    }
-    Ok(Running {
-        smtp_addrs,
-        implicit_tls_addrs,
-        tokens: tokens.clone(),
-        manager: manager.clone(),
-        smtp: settings,
-        http,
-        clock: opts.clock.clone(),
-        status_addr,
-        shutdown,
-        tasks,
-        waker,
-        _lock: lock,
-    })
-}
-
-/// Asks for a token at start-up, so a wrong or expired credential shows on /status and raises
-/// its notice before the first message, and again every `every`: a delegated sign-in is then
-/// refreshed (rotating its refresh token) even on a relay that sends nothing for months, so
-/// Entra's 90-day inactivity limit never ends it, and an expiring app secret is noticed early.
-async fn keep_signed_in(
-    tokens: Arc<dyn TokenSource>,
-    every: Duration,
-    shutdown: CancellationToken,
-) {
-    loop {
-        let _ = tokens.token().await;
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(every) => {}
-        }
-    }
-}
-
-/// Sends a notice on every token state change that deserves one, and wakes delivery so held
-/// mail drains as soon as the state is valid again.
-async fn watch_token_state(
-    tokens: Arc<Tokens>,
-    notifier: Notifier,
-    spool: Spool,
-    waker: Arc<Notify>,
-    config: Arc<Config>,
-    shutdown: CancellationToken,
-) {
-    let host = config.hostname();
-    let mut changes = tokens.subscribe();
-    let mut before = changes.borrow_and_update().state;
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            changed = changes.changed() => if changed.is_err() { return },
-        }
-        let after = changes.borrow_and_update().clone();
-        waker.notify_one();
-        let spool = spool.clone();
-        let pending =
-            tokio::task::spawn_blocking(move || spool.counts(SystemTime::now()).map(|c| c.pending))
-                .await
-                .ok()
-                .and_then(Result::ok)
-                .unwrap_or(0);
-        // The advice follows the reason: an expired secret and a revoked consent differ.
-        let action = crate::auth::advice::for_status(&config, &after).unwrap_or_default();
-        if let Some(notice) =
-            Notice::for_change(before, &after, &action, pending, &host, SystemTime::now())
-        {
-            // Notices run beside delivery; a slow webhook never holds mail up.
-            let notifier = notifier.clone();
-            tokio::spawn(async move { notifier.send(&notice).await });
-        }
-        before = after.state;
     }
 }
 
 /// Takes the lock of `queue.dir`, then opens and recovers the spool (the dry run's own, in
-/// `<queue.dir>/dry-run/`, for a dry run).
-async fn open_spool(config: &Config, dry_run: bool) -> Result<(SpoolLock, Spool), AppError> {
+/// `<queue.dir>/dry-run/`, for a dry run). The test write hook applies from here on, not to the
+/// recovery scan.
+async fn open_spool(config: &Config, opts: &StartOptions) -> Result<(SpoolLock, Spool), AppError> {
+    let dry_run = opts.dry_run;
     let queue_dir = config.queue.dir.clone();
     let dir = if dry_run {
         queue_dir.join("dry-run")
@@ -389,6 +371,10 @@ async fn open_spool(config: &Config, dry_run: bool) -> Result<(SpoolLock, Spool)
     if report != Default::default() {
         info!(?report, "spool recovered at start-up");
     }
+    let spool = match opts.spool_write_hook.clone() {
+        Some(hook) => spool.with_write_hook(hook),
+        None => spool,
+    };
     Ok((lock, spool))
 }
 
@@ -413,60 +399,5 @@ pub fn convert_options(config: &Config) -> ConvertOptions {
         allowed_senders: config.microsoft.allowed_senders.clone(),
         save_to_sent_items: config.microsoft.save_to_sent_items,
         delegated: config.microsoft.flow == Flow::Delegated,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::auth::{AccessToken, StatusCell, TokenError, TokenState, TokenStatus};
-    use async_trait::async_trait;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
-    struct Counting {
-        asked: AtomicUsize,
-        status: StatusCell,
-    }
-
-    #[async_trait]
-    impl TokenSource for Counting {
-        async fn token(&self) -> Result<AccessToken, TokenError> {
-            self.asked.fetch_add(1, Ordering::SeqCst);
-            Err(TokenError::transient("test", None))
-        }
-        fn invalidate(&self, _: &AccessToken) {}
-        fn status_cell(&self) -> &StatusCell {
-            &self.status
-        }
-        fn rejected(&self, _: &str) {}
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn the_sign_in_is_renewed_at_start_and_every_twelve_hours() {
-        let source = Arc::new(Counting {
-            asked: AtomicUsize::new(0),
-            status: StatusCell::new(TokenStatus {
-                state: TokenState::Valid,
-                reason: String::new(),
-                expires_at: None,
-            }),
-        });
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(keep_signed_in(
-            source.clone(),
-            KEEP_SIGNED_IN,
-            shutdown.clone(),
-        ));
-        let asked = || source.asked.load(Ordering::SeqCst);
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        assert_eq!(asked(), 1, "asked at start-up");
-        tokio::time::sleep(KEEP_SIGNED_IN - Duration::from_secs(2)).await;
-        assert_eq!(asked(), 1, "not before twelve hours");
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        assert_eq!(asked(), 2);
-        tokio::time::sleep(KEEP_SIGNED_IN * 3).await;
-        assert_eq!(asked(), 5);
-        shutdown.cancel();
-        task.await.unwrap();
     }
 }

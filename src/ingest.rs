@@ -10,9 +10,10 @@ use tracing::{error, warn};
 use crate::clock::Clock;
 use crate::convert::{ConvertError, precheck};
 use crate::deliver::QueueManager;
+use crate::envelope::{Envelope, QueueId};
+use crate::metrics::Counters;
 use crate::smtp::{AcceptError, MessageSink};
-use crate::spool::{Envelope, QueueId, Spool, SpoolError};
-use crate::status::Counters;
+use crate::spool::{Spool, SpoolError};
 
 /// The SMTP sink of `serve`: refuses mail that can never be converted, commits the rest to the
 /// spool, and wakes delivery.

@@ -22,9 +22,10 @@ use graph_relay::cli::{
 };
 use graph_relay::clock::SystemClock;
 use graph_relay::config::{Config, ConfigError, Flow, Source};
+use graph_relay::envelope::QueueId;
 use graph_relay::send_test;
 use graph_relay::sendmail;
-use graph_relay::spool::{QueueId, Spool, SpoolError, list_line};
+use graph_relay::spool::{Spool, SpoolError, list_line};
 
 fn main() -> ExitCode {
     graph_relay::memory::return_big_buffers_to_the_system();

@@ -1,17 +1,22 @@
-//! Re-authorization notices (design section 4): when the token state changes, say so once — an
-//! ERROR (or INFO on recovery) log line, a POST to `notify.webhook_url`, and `notify.command`
+//! Re-authorization notices (design section 4): `serve` watches the token state and, when it
+//! changes, says so once — an ERROR (or INFO on recovery) log line, a POST to `notify.webhook_url`, and `notify.command`
 //! with the notice JSON on stdin. Each has a bounded timeout; their failures are logged, never
 //! fatal, and never delay mail.
 
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::auth::{TokenState, TokenStatus};
+use crate::auth::{TokenSource, TokenState, TokenStatus, Tokens};
+use crate::config::Config;
 use crate::outbound::describe;
+use crate::spool::Spool;
 
 /// How long a webhook or command may take before it is abandoned (and the command killed).
 pub const NOTIFY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -83,6 +88,15 @@ pub struct Notifier {
 }
 
 impl Notifier {
+    /// The notifier `notify.webhook_url` and `notify.command` ask for.
+    pub fn for_config(config: &Config, http: reqwest::Client) -> Self {
+        Notifier::new(
+            http,
+            config.notify.webhook_url.clone(),
+            config.notify.command.clone(),
+        )
+    }
+
     pub fn new(
         http: reqwest::Client,
         webhook_url: Option<String>,
@@ -161,6 +175,46 @@ impl Notifier {
             Ok(Err(e)) => warn!(command = %program, error = %e, "notify.command failed"),
             Err(_) => warn!(command = %program, "notify.command timed out; killed"),
         }
+    }
+}
+
+/// Sends a notice on every token state change that deserves one, and wakes delivery so held
+/// mail drains as soon as the state is valid again.
+pub async fn watch_token_state(
+    tokens: Arc<Tokens>,
+    notifier: Notifier,
+    spool: Spool,
+    waker: Arc<Notify>,
+    config: Arc<Config>,
+    shutdown: CancellationToken,
+) {
+    let host = config.hostname();
+    let mut changes = tokens.subscribe();
+    let mut before = changes.borrow_and_update().state;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            changed = changes.changed() => if changed.is_err() { return },
+        }
+        let after = changes.borrow_and_update().clone();
+        waker.notify_one();
+        let spool = spool.clone();
+        let pending =
+            tokio::task::spawn_blocking(move || spool.counts(SystemTime::now()).map(|c| c.pending))
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .unwrap_or(0);
+        // The advice follows the reason: an expired secret and a revoked consent differ.
+        let action = crate::auth::advice::for_status(&config, &after).unwrap_or_default();
+        if let Some(notice) =
+            Notice::for_change(before, &after, &action, pending, &host, SystemTime::now())
+        {
+            // Notices run beside delivery; a slow webhook never holds mail up.
+            let notifier = notifier.clone();
+            tokio::spawn(async move { notifier.send(&notice).await });
+        }
+        before = after.state;
     }
 }
 

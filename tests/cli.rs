@@ -6,7 +6,8 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::SystemTime;
 
-use graph_relay::spool::{Area, Envelope, LastError, Spool, State};
+use graph_relay::envelope::Envelope;
+use graph_relay::spool::{Area, LastError, Spool, State};
 
 fn relay(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_graph-relay"))

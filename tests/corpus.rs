@@ -15,7 +15,7 @@ use graph_relay::convert::{
     self, ConvertOptions, GraphPlan, MAX_INTERNET_MESSAGE_HEADERS, MAX_RECIPIENTS_PER_MESSAGE,
     MAX_REQUEST_BYTES, PlanRequest,
 };
-use graph_relay::spool::Envelope;
+use graph_relay::envelope::Envelope;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 

@@ -14,8 +14,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use async_trait::async_trait;
 use graph_relay::app::{self, StartOptions};
 use graph_relay::config::Config;
+use graph_relay::envelope::{Envelope, QueueId};
 use graph_relay::smtp::{AcceptError, MessageSink};
-use graph_relay::spool::{Envelope, QueueId};
 use smtp_support::{Raw, RecordingSink};
 
 /// Says "no space" (or "unavailable") at MAIL while told to, and records what was declared.

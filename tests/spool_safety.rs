@@ -14,7 +14,8 @@ use std::time::{Duration, SystemTime};
 use common::binary::RelayProcess;
 use common::fake_graph::{FakeMicrosoft, TokenFailure};
 use common::relay::{RelayOptions, files_in, relay_toml, send_ok};
-use graph_relay::spool::{Area, Envelope, LastError, Spool, State};
+use graph_relay::envelope::Envelope;
+use graph_relay::spool::{Area, LastError, Spool, State};
 
 const WAIT: Duration = Duration::from_secs(20);
 

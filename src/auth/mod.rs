@@ -15,6 +15,7 @@ mod delegated;
 pub mod device_code;
 pub mod entra;
 pub mod store;
+pub mod upkeep;
 
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};

@@ -32,7 +32,7 @@ use mail_parser::MessageParser;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::spool::Envelope;
+use crate::envelope::Envelope;
 use graph_json::{FileAttachment, Message, Recipient, SendMail};
 
 pub use headers::{MAX_HEADER_VALUE_BYTES, MAX_INTERNET_MESSAGE_HEADERS};

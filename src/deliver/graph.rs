@@ -30,6 +30,7 @@ use super::steps::{JsonBody, MESSAGE_ID, Step, chunk_at, content_range, steps};
 use super::{Delivery, DeliveryError, Transport};
 use crate::auth::{AccessToken, TokenError, TokenSource, entra::retry_after};
 use crate::convert::LargeAttachment;
+use crate::metrics::GraphStats;
 use crate::outbound::describe;
 use crate::spool::{DraftNote, LastError};
 
@@ -55,7 +56,7 @@ pub struct GraphTransport {
     http: reqwest::Client,
     graph_url: String,
     tokens: Arc<dyn TokenSource>,
-    stats: Arc<super::GraphStats>,
+    stats: Arc<GraphStats>,
 }
 
 impl GraphTransport {
@@ -63,7 +64,7 @@ impl GraphTransport {
         http: reqwest::Client,
         graph_url: &str,
         tokens: Arc<dyn TokenSource>,
-        stats: Arc<super::GraphStats>,
+        stats: Arc<GraphStats>,
     ) -> Self {
         GraphTransport {
             http,

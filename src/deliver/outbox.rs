@@ -13,7 +13,8 @@ use super::source::AttachmentReader;
 use super::steps::{describe, steps};
 use super::{Delivery, DeliveryError, Transport};
 use crate::convert::{GraphPlan, LargeAttachment, sha256_hex};
-use crate::spool::{LastError, QueueId, create_private_dir, private_file};
+use crate::envelope::QueueId;
+use crate::spool::{LastError, create_private_dir, private_file};
 
 pub struct Outbox {
     dir: PathBuf,

@@ -16,9 +16,10 @@ use super::{Delivery, DeliveryError, DraftLog, Transport};
 use crate::auth::{TokenSource, TokenState};
 use crate::clock::Clock;
 use crate::convert::{ConvertOptions, GraphPlan, convert};
+use crate::envelope::QueueId;
 use crate::memory::{MemoryBudget, Reservation};
-use crate::spool::{Area, DraftNote, LastError, QueueId, Record, Spool, SpoolError, State};
-use crate::status::Counters;
+use crate::metrics::Counters;
+use crate::spool::{Area, DraftNote, LastError, Record, Spool, SpoolError, State};
 
 /// Graph allows four concurrent requests per mailbox.
 pub const PER_MAILBOX: usize = 4;
@@ -599,7 +600,7 @@ mod tests {
     use super::*;
     use crate::TestResult;
     use crate::clock::ManualClock;
-    use crate::spool::Envelope;
+    use crate::envelope::Envelope;
 
     const POLICY: RetryPolicy = RetryPolicy {
         backoff: Backoff {

@@ -181,7 +181,7 @@ mod tests {
     use super::*;
     use crate::TestResult;
     use crate::convert::{ConvertOptions, PlanRequest, convert};
-    use crate::spool::Envelope;
+    use crate::envelope::Envelope;
     use base64::Engine as _;
 
     /// A spooled message with one 5 MB base64 attachment, and the attachment's plan.

@@ -8,9 +8,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use async_trait::async_trait;
 use tracing::info;
 
+use crate::envelope::{Envelope, QueueId};
 use crate::send_test::{self, SendTestError};
 use crate::smtp::{AcceptError, MessageSink};
-use crate::spool::{Envelope, QueueId};
 
 use super::SendmailError;
 

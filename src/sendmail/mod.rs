@@ -24,9 +24,10 @@ use tracing::info;
 
 use crate::clock::SystemClock;
 use crate::config::{Config, ConfigError, Source};
+use crate::envelope::Envelope;
 use crate::ingest::Ingest;
 use crate::smtp::{self, AcceptError, MessageSink, SmtpSettings};
-use crate::spool::{Envelope, Spool};
+use crate::spool::Spool;
 
 pub use args::{ArgsError, Invocation, Mode};
 pub use forward::Forward;

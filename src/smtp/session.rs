@@ -24,7 +24,7 @@ use super::reply::{self, Reply};
 use super::sasl;
 use super::settings::{DATA_MEMORY_UNIT, SmtpSettings};
 use super::sink::{AcceptError, MessageSink};
-use crate::spool::Envelope;
+use crate::envelope::Envelope;
 
 /// How long a client may keep sending after our last reply before the connection is dropped
 /// (a refused client after its 554, a BDAT whose chunk cannot be skipped after its 421).

@@ -4,7 +4,7 @@
 
 use async_trait::async_trait;
 
-use crate::spool::{Envelope, QueueId};
+use crate::envelope::{Envelope, QueueId};
 
 /// Why a message was not accepted; each maps to one SMTP reply.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

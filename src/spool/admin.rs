@@ -4,9 +4,9 @@
 
 use std::time::{Duration, SystemTime};
 
-use super::QueueId;
 use super::record::{Record, State};
 use super::store::{Area, Spool, SpoolError};
+use crate::envelope::QueueId;
 
 /// Counts for `/status`: `pending` includes held mail; `held` is the part waiting for
 /// re-authorization.
@@ -110,7 +110,8 @@ pub fn list_line(record: &Record) -> String {
 mod tests {
     use super::*;
     use crate::TestResult;
-    use crate::spool::{Envelope, LastError};
+    use crate::envelope::Envelope;
+    use crate::spool::LastError;
 
     #[test]
     fn retry_brings_failed_mail_back_and_delete_removes_it() -> TestResult {

@@ -5,7 +5,6 @@
 //! `serve.lock` (one serve per spool), `commit.lock` (the start-up scan waits for commits in
 //! progress). Folders 0700, files 0600.
 
-mod envelope;
 mod group_sync;
 mod lock;
 mod perms;
@@ -14,7 +13,6 @@ mod store;
 mod admin;
 
 pub use admin::{QueueCounts, list_line};
-pub use envelope::{Envelope, QueueId};
 pub use lock::{LockError, SpoolLock};
 pub use perms::{create_private_dir, private_dir, private_file};
 pub use record::{DraftNote, LastError, Record, State};

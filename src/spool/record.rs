@@ -5,7 +5,7 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Envelope, QueueId};
+use crate::envelope::{Envelope, QueueId};
 
 /// Where a message is in its life. Pending and held live in `queue/`, failed in `failed/`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -14,7 +14,7 @@ use tracing::{error, warn};
 use super::group_sync::GroupSync;
 use super::perms;
 use super::record::{Record, State};
-use super::{Envelope, QueueId};
+use crate::envelope::{Envelope, QueueId};
 
 /// The spool areas a message can be in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -12,7 +12,8 @@ use tracing::{info, warn};
 
 use super::http::{Conn, Ctx, action_allowed, blocking, forbidden};
 use crate::auth::device_code::{self, DeviceCode};
-use crate::spool::{QueueId, Spool, SpoolError};
+use crate::envelope::QueueId;
+use crate::spool::{Spool, SpoolError};
 
 /// The Re-authorize button's progress, shown on the page.
 #[derive(Debug, Clone, Default)]

@@ -20,13 +20,12 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-use super::Counters;
 pub use super::actions::LoginView;
 use super::{actions, json, metrics, page};
 use crate::auth::TokenSource;
 use crate::auth::device_code::DeviceLogin;
 use crate::config::{Config, is_host_name};
-use crate::deliver::GraphStats;
+use crate::metrics::{Counters, GraphStats};
 use crate::spool::{QueueCounts, Spool, SpoolError};
 
 /// What the handlers read and act on.

@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 
 use super::http::{Ctx, counts};
 use crate::auth::TokenState;
-use crate::deliver::LATENCY_BUCKETS;
+use crate::metrics::LATENCY_BUCKETS;
 
 /// A Prometheus metric type, as `# TYPE` spells it.
 #[derive(Debug, Clone, Copy)]

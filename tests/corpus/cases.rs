@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
 use graph_relay::convert::ConvertOptions;
-use graph_relay::spool::Envelope;
+use graph_relay::envelope::Envelope;
 use serde::Deserialize;
 
 /// One case: its message, envelope and options.

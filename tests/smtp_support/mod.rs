@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use graph_relay::envelope::{Envelope, QueueId};
 use graph_relay::smtp::{self, AcceptError, MessageSink, SmtpSettings};
-use graph_relay::spool::{Envelope, QueueId};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;

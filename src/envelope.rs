@@ -1,5 +1,7 @@
 //! The SMTP envelope and the queue id: what ingress hands to the spool and what convert and
-//! deliver read back. Plain data; no I/O.
+//! deliver read back. Plain data; no I/O, and no `use` of any other module of the crate: it sits
+//! at the bottom so that SMTP and the pure conversion can name a message without depending on
+//! storage.
 
 use std::fmt;
 use std::net::IpAddr;
