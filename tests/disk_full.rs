@@ -2,7 +2,7 @@
 //! 250; the relay keeps serving and accepts again once the disk recovers. The failures come
 //! from the spool's write hook (CI runs as root, so permissions cannot make writes fail).
 
-mod common;
+use graph_relay_testkit as common;
 
 use std::io;
 use std::path::Path;

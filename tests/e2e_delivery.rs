@@ -1,7 +1,7 @@
 //! End to end: real SMTP clients (lettre, Python smtplib, swaks) → the relay (in-process) → the
 //! fake Graph. Every test asserts on what the fake received, and that the spool drains.
 
-mod common;
+use graph_relay_testkit as common;
 
 use common::fake_graph::*;
 use common::relay::*;

@@ -4,9 +4,8 @@
 //! exact delays); and users restricted to one mailbox (`mailbox = "..."`: MAIL FROM → 553 5.7.1,
 //! From header → 550 5.7.1), end to end with the fake Graph showing the mailbox used.
 
-mod common;
-#[path = "front_door_support/mod.rs"]
-mod support;
+use graph_relay_testkit as common;
+use graph_relay_testkit::front_door_support as support;
 
 use support::smtp_support;
 

@@ -8,9 +8,8 @@
 //! - AUTH is not offered, and refused (`538 5.7.11`), over plain text from a non-loopback peer;
 //!   after STARTTLS it works and the mail reaches Graph.
 
-mod common;
-#[path = "front_door_support/mod.rs"]
-mod support;
+use graph_relay_testkit as common;
+use graph_relay_testkit::front_door_support as support;
 
 use support::smtp_support;
 

@@ -18,9 +18,8 @@
 //! `.ci/run` installs php-cli, php-mbstring and libphp-phpmailer; without them the tests say so
 //! and pass.
 
-mod common;
-#[path = "front_door_support/mod.rs"]
-mod support;
+use graph_relay_testkit as common;
+use graph_relay_testkit::front_door_support as support;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -4,8 +4,7 @@
 //! (`statvfs` on the spool) on a real tiny tmpfs where the machine lets root mount one (CI
 //! does), with raw SMTP and Python's smtplib (which sends `SIZE=`).
 
-#[path = "smtp_support/mod.rs"]
-mod smtp_support;
+use graph_relay_testkit::smtp_support;
 
 use std::path::Path;
 use std::sync::Mutex;

@@ -4,9 +4,8 @@
 //! swaks' exit code. Certificates are made at test time (rcgen). `.ci/run` installs swaks and
 //! its TLS modules; without swaks the tests say so and pass.
 
-mod common;
-#[path = "front_door_support/mod.rs"]
-mod support;
+use graph_relay_testkit as common;
+use graph_relay_testkit::front_door_support as support;
 
 use common::fake_graph::FakeMicrosoft;
 use common::relay::{RelayOptions, TestRelay};

@@ -4,9 +4,8 @@
 //! binary reloads on SIGHUP. And the self-signed pair `certs/README.md` tells people to make
 //! still works. Certificates come from rcgen.
 
-mod common;
-#[path = "front_door_support/mod.rs"]
-mod support;
+use graph_relay_testkit as common;
+use graph_relay_testkit::front_door_support as support;
 
 use std::path::Path;
 use std::process::Stdio;

@@ -7,7 +7,7 @@
 //! Needs `/usr/bin/chromium` and `chromedriver` (Debian's `chromium` and `chromium-driver`, which
 //! `.ci/run` installs); without them the test prints a "skipped: ..." line and passes.
 
-mod common;
+use graph_relay_testkit as common;
 
 use std::fs::File;
 use std::io::{Read, Write};

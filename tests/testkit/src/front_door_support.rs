@@ -1,10 +1,9 @@
 //! Shared by the `front_door_*` tests: certificates made at test time with rcgen, running real
 //! client programs (swaks, php, python3) with a time limit, a relay with TLS and users on top of
 //! `common::relay`, and reading the certificate a STARTTLS handshake presents. Test-only.
-#![allow(dead_code)]
 
-#[path = "../smtp_support/mod.rs"]
-pub mod smtp_support;
+// The front-door tests reach the SMTP-level helpers as `support::smtp_support`.
+pub use crate::smtp_support;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
