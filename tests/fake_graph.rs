@@ -1123,8 +1123,7 @@ fn openssl(args: &[&str]) -> bool {
 
 #[tokio::test]
 async fn client_assertion_is_checked_against_the_registered_certificate() {
-    if !openssl(&["version"]) {
-        eprintln!("SKIP: openssl is not installed; the fake cannot check assertion signatures");
+    if !common::tools::require_tool("openssl", "the fake checks assertion signatures with it") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

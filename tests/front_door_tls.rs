@@ -235,8 +235,7 @@ async fn wait_for_sighup_handler(pid: i32) {
 /// loads and serves STARTTLS with.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_certs_readme_recipe_still_works() {
-    if !support::have("openssl") {
-        eprintln!("skipped: openssl is not installed");
+    if !common::tools::require_tool("openssl", "the recipe runs it") {
         return;
     }
     let readme =

@@ -9,3 +9,4 @@ pub mod relay;
 pub mod binary;
 pub mod smtp_support;
 pub mod front_door_support;
+pub mod tools;
