@@ -1,4 +1,4 @@
-//! AUTH beyond the basics in `smtp_auth.rs`: `graph-relay passwd` hashes that real clients
+//! AUTH beyond the basics in `smtp.rs`: `graph-relay passwd` hashes that real clients
 //! (swaks, Python smtplib over STARTTLS) log in with; the per-address delay after repeated
 //! failures, shared across connections and decaying (on tokio's paused clock: no real waiting,
 //! exact delays); and users restricted to one mailbox (`mailbox = "..."`: MAIL FROM → 553 5.7.1,
