@@ -1,6 +1,6 @@
 //! Peak memory and wall time of the real `graph-relay` binary relaying one big message (1, 10 and
 //! 30 MiB: a short text body plus one attachment of pseudo-random bytes) to the fake Microsoft
-//! Graph of tests/common, against a null SMTP sink in this process fed by the same client code.
+//! Graph of tests/testkit, against a null SMTP sink in this process fed by the same client code.
 //!
 //!     cargo bench --bench big_mail
 //!
@@ -12,8 +12,7 @@
 //! `(peak-idle)/size` is what the message itself costs. The attachment must reach the fake byte
 //! for byte; any failed round is printed with the relay's log and the bench exits 1.
 
-#[path = "../tests/common/mod.rs"]
-mod common;
+use graph_relay_testkit as common;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;

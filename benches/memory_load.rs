@@ -10,8 +10,7 @@
 //!
 //! Every attachment must reach the fake; a message that failed or a timeout exits 1.
 
-#[path = "../tests/common/mod.rs"]
-mod common;
+use graph_relay_testkit as common;
 
 use std::process::ExitCode;
 use std::sync::Arc;

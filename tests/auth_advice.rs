@@ -2,7 +2,7 @@
 //! configured, an expired client secret, revoked consent, a dead delegated sign-in. (The TLS
 //! case is in `outbound_tls_proxy.rs`; the notice and the status page in `reauth.rs`.)
 
-mod common;
+use graph_relay_testkit as common;
 
 use std::path::Path;
 

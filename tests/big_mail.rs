@@ -4,7 +4,7 @@
 //! `/send` that got lost, a kill -9 in the middle of an upload, signed mail over the MIME cap, and
 //! a message over the mailbox's size limit.
 
-mod common;
+use graph_relay_testkit as common;
 
 use std::time::Duration;
 

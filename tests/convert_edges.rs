@@ -4,7 +4,7 @@
 //! after the headers; a message with no header section; a 30 MB `X-` header, a 300-character
 //! subject and a huge display name; and MIME nested past the limit, refused at DATA.
 
-mod common;
+use graph_relay_testkit as common;
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! The device code flow against the fake identity platform: every way a sign-in can end, and
 //! `graph-relay auth login` / `auth status` on the real binary.
 
-mod common;
+use graph_relay_testkit as common;
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};

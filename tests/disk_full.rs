@@ -2,7 +2,7 @@
 //! 250; the relay keeps serving and accepts again once the disk recovers. The failures come
 //! from the spool's write hook (CI runs as root, so permissions cannot make writes fail).
 
-mod common;
+use graph_relay_testkit as common;
 
 use std::io;
 use std::path::Path;
@@ -96,10 +96,10 @@ async fn real_enospc_on_a_tiny_tmpfs() {
         .arg(&mount_point)
         .status()
         .is_ok_and(|s| s.success());
-    if !mounted {
-        eprintln!(
-            "skipped: this machine does not let the test mount a tmpfs (the write-hook test covers ENOSPC)"
-        );
+    if !common::tools::require(
+        mounted,
+        "this machine does not let the test mount a tmpfs (the write-hook test covers ENOSPC)",
+    ) {
         return;
     }
     struct Unmount<'a>(&'a Path);

@@ -2,7 +2,7 @@
 //! kill -9 after the 250 and during an in-flight delivery, Retry-After, 503 storms, a
 //! permanent failure shown by `queue list` and brought back by `queue retry` while serve runs.
 
-mod common;
+use graph_relay_testkit as common;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

@@ -2,7 +2,7 @@
 //! no credentials (hold), a revoked token (one refresh, one retry), throttling, an expired
 //! secret (reauth_required, then the status page's Re-authorize), and delegated device code login.
 
-mod common;
+use graph_relay_testkit as common;
 
 use common::fake_graph::*;
 use common::mail::{Part, multipart};

@@ -2,7 +2,7 @@
 //! make to `<queue.dir>/outbox/` and Graph gets nothing; plain `serve` delivers to the fake.
 //! The child is started here, stopped by its pid with SIGTERM, and must exit 0.
 
-mod common;
+use graph_relay_testkit as common;
 
 use common::binary::RelayProcess;
 use common::fake_graph::*;

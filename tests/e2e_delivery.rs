@@ -1,7 +1,7 @@
 //! End to end: real SMTP clients (lettre, Python smtplib, swaks) → the relay (in-process) → the
 //! fake Graph. Every test asserts on what the fake received, and that the spool drains.
 
-mod common;
+use graph_relay_testkit as common;
 
 use common::fake_graph::*;
 use common::relay::*;
@@ -132,12 +132,7 @@ with smtplib.SMTP("127.0.0.1", int(sys.argv[1])) as s:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn swaks_message_arrives() {
-    let have_swaks = std::process::Command::new("swaks")
-        .arg("--version")
-        .output()
-        .is_ok();
-    if !have_swaks {
-        eprintln!("SKIP swaks_message_arrives: swaks is not installed (.ci/run installs it)");
+    if !common::tools::require_tool("swaks", ".ci/run installs it") {
         return;
     }
     let ms = FakeMicrosoft::start().await;

@@ -1,7 +1,7 @@
 //! End to end: design section 5's rules as the fake Graph sees them — From policy (send-as),
 //! at most 5 x- headers, inline images, more than 500 recipients split, signed mail as MIME.
 
-mod common;
+use graph_relay_testkit as common;
 
 use common::fake_graph::*;
 use common::relay::*;

@@ -1,8 +1,8 @@
-//! Self-tests of the fake Microsoft identity + Graph server (tests/common/fake_graph.rs): it must
+//! Self-tests of the fake Microsoft identity + Graph server (the testkit's fake_graph.rs): it must
 //! reject what Graph and Entra reject, and accept a good request, so relay tests can trust it.
 //! Uses reqwest directly; never the relay.
 
-mod common;
+use graph_relay_testkit as common;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
@@ -1123,8 +1123,7 @@ fn openssl(args: &[&str]) -> bool {
 
 #[tokio::test]
 async fn client_assertion_is_checked_against_the_registered_certificate() {
-    if !openssl(&["version"]) {
-        eprintln!("SKIP: openssl is not installed; the fake cannot check assertion signatures");
+    if !common::tools::require_tool("openssl", "the fake checks assertion signatures with it") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

@@ -1,6 +1,6 @@
 //! Open-relay checks with a client that really is somewhere else: a network namespace joined to
 //! this one by a veth pair (CI runs as root; where `ip netns` is not allowed these parts say so
-//! and pass), plus the `serve_connection` seam with a made-up peer address.
+//! and pass, or fail when `CI` is set), plus the `serve_connection` seam with a made-up peer address.
 //!
 //! - outside `allowed_networks`: `554 5.7.1` at connect and nothing gets through, even from a
 //!   client that pipelines a whole transaction without waiting;
@@ -8,9 +8,8 @@
 //! - AUTH is not offered, and refused (`538 5.7.11`), over plain text from a non-loopback peer;
 //!   after STARTTLS it works and the mail reaches Graph.
 
-mod common;
-#[path = "front_door_support/mod.rs"]
-mod support;
+use graph_relay_testkit as common;
+use graph_relay_testkit::front_door_support as support;
 
 use support::smtp_support;
 
@@ -60,11 +59,10 @@ struct NetNs {
 }
 
 impl NetNs {
-    /// Creates it, or returns None (with the reason printed) where the machine does not allow it.
+    /// Creates it, or returns None where the machine does not allow it (`tools::unavailable`).
     fn create() -> Option<NetNs> {
         static N: AtomicU32 = AtomicU32::new(0);
-        if !support::have("ip") {
-            eprintln!("skipped: no `ip` command (iproute2)");
+        if !common::tools::require_tool("ip", "iproute2, for a client in another netns") {
             return None;
         }
         let n = N.fetch_add(1, Ordering::SeqCst);
@@ -124,12 +122,12 @@ impl NetNs {
             let out = Command::new("ip").args(&step).output();
             let ok = out.as_ref().is_ok_and(|o| o.status.success());
             if !ok {
-                eprintln!(
-                    "skipped: cannot set up a network namespace (`ip {}`: {})",
+                common::tools::unavailable(&format!(
+                    "cannot set up a network namespace (`ip {}`: {})",
                     step.join(" "),
                     out.map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
                         .unwrap_or_else(|e| e.to_string())
-                );
+                ));
                 return None;
             }
         }
@@ -257,7 +255,7 @@ async fn from_another_network_namespace() {
         out.starts_with("greeting 554 5.7.1 relay.test Access denied\nehlo closed\n"),
         "{out}"
     );
-    if support::have("swaks") {
+    if common::tools::require_tool("swaks", "the swaks parts") {
         let out = ns
             .swaks(addr, &["--from", "a@outside.test", "--to", "r@example.com"])
             .await;
@@ -303,7 +301,7 @@ async fn from_another_network_namespace() {
         "{out}"
     );
 
-    if support::have("swaks") {
+    if common::tools::require_tool("swaks", "the swaks parts") {
         // No AUTH: MAIL is refused.
         let out = ns
             .swaks(addr, &["--from", "a@outside.test", "--to", "r@example.com"])
@@ -352,8 +350,6 @@ async fn from_another_network_namespace() {
         assert!(out.status.success(), "{}", transcript(&out));
         let sent = ms.wait_for_sent(1, DELIVERY).await;
         assert_eq!(sent[0].subject().as_deref(), Some("from the other network"));
-    } else {
-        eprintln!("swaks parts skipped: swaks is not installed");
     }
     let delivered = ms.sent().len();
     assert!(

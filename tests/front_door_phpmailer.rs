@@ -16,11 +16,10 @@
 //!   offered and PHPMailer gives up with "Could not authenticate".
 //!
 //! `.ci/run` installs php-cli, php-mbstring and libphp-phpmailer; without them the tests say so
-//! and pass.
+//! and pass (or fail when `CI` is set).
 
-mod common;
-#[path = "front_door_support/mod.rs"]
-mod support;
+use graph_relay_testkit as common;
+use graph_relay_testkit::front_door_support as support;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -81,13 +80,13 @@ try {
 "#;
 
 fn no_php() -> bool {
-    if support::have("php") && Path::new(PHPMAILER).exists() {
-        return false;
-    }
-    eprintln!(
-        "skipped: php or PHPMailer ({PHPMAILER}) is not installed (.ci/run installs php-cli and libphp-phpmailer)"
-    );
-    true
+    !(common::tools::require_tool("php", ".ci/run installs php-cli")
+        && common::tools::require(
+            Path::new(PHPMAILER).exists(),
+            &format!(
+                "PHPMailer ({PHPMAILER}) is not installed (.ci/run installs libphp-phpmailer)"
+            ),
+        ))
 }
 
 /// One WordPress site: the script and an attachment in a temp dir.

@@ -4,8 +4,7 @@
 //! (`statvfs` on the spool) on a real tiny tmpfs where the machine lets root mount one (CI
 //! does), with raw SMTP and Python's smtplib (which sends `SIZE=`).
 
-#[path = "smtp_support/mod.rs"]
-mod smtp_support;
+use graph_relay_testkit::smtp_support;
 
 use std::path::Path;
 use std::sync::Mutex;
@@ -118,8 +117,10 @@ async fn the_relay_checks_the_spool_filesystem_at_mail() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mount_point = dir.path().join("spool");
     std::fs::create_dir(&mount_point).expect("mkdir");
-    if !mount_tmpfs(&mount_point, "256k") {
-        eprintln!("skipped: this machine does not let the test mount a tmpfs");
+    if !graph_relay_testkit::tools::require(
+        mount_tmpfs(&mount_point, "256k"),
+        "this machine does not let the test mount a tmpfs",
+    ) {
         return;
     }
     let _unmount = Unmount(&mount_point);

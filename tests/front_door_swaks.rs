@@ -2,22 +2,17 @@
 //! (`--tls`), implicit TLS (`--tlsc`), AUTH PLAIN and LOGIN (plain and argon2 users),
 //! `--pipeline`, an 8-bit body and attachments. Each test checks what Graph received, not just
 //! swaks' exit code. Certificates are made at test time (rcgen). `.ci/run` installs swaks and
-//! its TLS modules; without swaks the tests say so and pass.
+//! its TLS modules; without swaks the tests say so and pass (or fail when `CI` is set).
 
-mod common;
-#[path = "front_door_support/mod.rs"]
-mod support;
+use graph_relay_testkit as common;
+use graph_relay_testkit::front_door_support as support;
 
 use common::fake_graph::FakeMicrosoft;
 use common::relay::{RelayOptions, TestRelay};
 use support::{CHEAP_HASH, DELIVERY, make_cert, swaks, tls_lines, transcript};
 
 fn no_swaks() -> bool {
-    if support::have("swaks") {
-        return false;
-    }
-    eprintln!("skipped: swaks is not installed (.ci/run installs it)");
-    true
+    !common::tools::require_tool("swaks", ".ci/run installs it")
 }
 
 /// A relay with a certificate (STARTTLS + an implicit TLS port) and two users: `wp` with a

@@ -4,7 +4,7 @@
 //! mail is held with the certificate error in `queue list`; `HTTPS_PROXY`, `NO_PROXY` and
 //! `microsoft.proxy` decide whether the proxy carries the traffic.
 
-mod common;
+use graph_relay_testkit as common;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -5,7 +5,7 @@
 //! `graph-relay auth login` beside serve, the Re-authorize button) and all 5 are delivered
 //! exactly once, with a `recovered` notice.
 
-mod common;
+use graph_relay_testkit as common;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -2,7 +2,7 @@
 //! right password gets the test message through (exit 0), a wrong one exits 1 with the server's
 //! 535, and STARTTLS is used when offered, trusting the relay's own self-signed certificate.
 
-mod common;
+use graph_relay_testkit as common;
 
 use std::path::Path;
 use std::process::{Output, Stdio};

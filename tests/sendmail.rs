@@ -4,7 +4,8 @@
 //! Graph, PHP's `mail()` through `sendmail_path`, and callers that may not write the spool
 //! (run as another user, which needs root here) submitting over the relay's SMTP port.
 
-mod common;
+use graph_relay_testkit as common;
+use graph_relay_testkit::tools::{require, require_tool};
 
 use common::fake_graph::*;
 use common::relay::*;
@@ -482,6 +483,9 @@ async fn php_mail(bin: &Path, config: &Path, uid: Option<u32>) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn php_mail_through_sendmail_path_is_delivered() {
+    if !require_tool("php", ".ci/run installs php-cli") {
+        return;
+    }
     let s = serving().await;
     assert_eq!(php_mail(Path::new(BIN), &s.config, None).await, "true");
     let sent = s.ms.wait_for_sent(1, DELIVERY).await;
@@ -500,8 +504,9 @@ const NOBODY: u32 = 65534;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn php_as_www_data_cannot_write_the_spool_and_submits_over_smtp() {
-    if !is_root() {
-        eprintln!("skipped: running PHP as www-data needs root");
+    if !require(is_root(), "running PHP as www-data needs root")
+        || !require_tool("php", ".ci/run installs php-cli")
+    {
         return;
     }
     let s = serving().await;
@@ -525,8 +530,7 @@ async fn php_as_www_data_cannot_write_the_spool_and_submits_over_smtp() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dash_bs_as_another_user_passes_each_message_to_the_relay_over_smtp() {
-    if !is_root() {
-        eprintln!("skipped: running as another user needs root");
+    if !require(is_root(), "running as another user needs root") {
         return;
     }
     let s = serving().await;
@@ -541,8 +545,7 @@ async fn dash_bs_as_another_user_passes_each_message_to_the_relay_over_smtp() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_users_spool_with_no_relay_listening_is_a_temporary_failure() {
-    if !is_root() {
-        eprintln!("skipped: running as another user needs root");
+    if !require(is_root(), "running as another user needs root") {
         return;
     }
     let s = spooled("");

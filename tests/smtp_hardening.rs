@@ -3,9 +3,8 @@
 //! not fit, and clients that trickle a byte at a time (slowloris). The pacing tests run on
 //! tokio's paused clock, so the 5- and 10-minute deadlines pass in virtual time.
 
-mod common;
-#[path = "smtp_support/mod.rs"]
-mod support;
+use graph_relay_testkit as common;
+use graph_relay_testkit::smtp_support as support;
 
 use std::time::Duration;
 

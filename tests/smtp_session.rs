@@ -2,8 +2,7 @@
 //! mailin-embedded defect (named `mailin_defect_*`), limits, timeouts and shutdown. The sink is a
 //! recorder: the SMTP layer is what is under test.
 
-#[path = "smtp_support/mod.rs"]
-mod support;
+use graph_relay_testkit::smtp_support as support;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

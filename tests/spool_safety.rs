@@ -3,7 +3,8 @@
 //! taken; a kill -9'd one never blocks the restart); a read-only `queue.dir` is a clear error;
 //! spool files are 0600 and folders 0700 whatever the umask, and old 0755 folders are tightened.
 
-mod common;
+use graph_relay_testkit as common;
+use graph_relay_testkit::tools::require;
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
@@ -290,8 +291,10 @@ async fn a_read_only_queue_dir_is_a_clear_error() {
         .arg(&ro)
         .status()
         .is_ok_and(|s| s.success());
-    if !mounted {
-        eprintln!("skipped: this machine does not let the test mount a read-only tmpfs");
+    if !require(
+        mounted,
+        "this machine does not let the test mount a read-only tmpfs",
+    ) {
         return;
     }
     struct Unmount<'a>(&'a Path);

@@ -5,7 +5,7 @@
 //! `status.allowed_hosts` work; a POST from another site's page is refused even with a good
 //! `Host`; every action taken from the page is logged with the queue id and the client.
 
-mod common;
+use graph_relay_testkit as common;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

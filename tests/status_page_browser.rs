@@ -5,9 +5,10 @@
 //! says the sign-in works and the held mail reaches Graph.
 //!
 //! Needs `/usr/bin/chromium` and `chromedriver` (Debian's `chromium` and `chromium-driver`, which
-//! `.ci/run` installs); without them the test prints a "skipped: ..." line and passes.
+//! `.ci/run` installs); without them the test prints a "skipped: ..." line and passes, or fails
+//! when `CI` is set.
 
-mod common;
+use graph_relay_testkit as common;
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -32,10 +33,7 @@ const TIMEOUT: Duration = Duration::from_secs(15);
 const POLL: Duration = Duration::from_millis(50);
 
 fn chromedriver() -> Option<PathBuf> {
-    let paths = std::env::var_os("PATH")?;
-    std::env::split_paths(&paths)
-        .map(|dir| dir.join("chromedriver"))
-        .find(|p| p.is_file())
+    common::tools::find("chromedriver")
 }
 
 fn free_port() -> u16 {
@@ -401,15 +399,17 @@ async fn wait_status(relay: &TestRelay, state: &str, held: u64) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_page_in_chromium_shows_held_mail_and_re_authorizes_with_a_device_code() {
-    if !Path::new(CHROMIUM).is_file() {
-        println!(
-            "skipped: {CHROMIUM} is missing (install Debian's chromium and chromium-driver; .ci/run does)"
-        );
+    if !common::tools::require(
+        Path::new(CHROMIUM).is_file(),
+        &format!(
+            "{CHROMIUM} is missing (install Debian's chromium and chromium-driver; .ci/run does)"
+        ),
+    ) {
         return;
     }
     let Some(chromedriver) = chromedriver() else {
-        println!(
-            "skipped: chromedriver is not on PATH (install Debian's chromium-driver; .ci/run does)"
+        common::tools::unavailable(
+            "chromedriver is not on PATH (install Debian's chromium-driver; .ci/run does)",
         );
         return;
     };

@@ -4,9 +4,8 @@
 //! binary reloads on SIGHUP. And the self-signed pair `certs/README.md` tells people to make
 //! still works. Certificates come from rcgen.
 
-mod common;
-#[path = "front_door_support/mod.rs"]
-mod support;
+use graph_relay_testkit as common;
+use graph_relay_testkit::front_door_support as support;
 
 use std::path::Path;
 use std::process::Stdio;
@@ -236,8 +235,7 @@ async fn wait_for_sighup_handler(pid: i32) {
 /// loads and serves STARTTLS with.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_certs_readme_recipe_still_works() {
-    if !support::have("openssl") {
-        eprintln!("skipped: openssl is not installed");
+    if !common::tools::require_tool("openssl", "the recipe runs it") {
         return;
     }
     let readme =

@@ -1,12 +1,11 @@
-//! AUTH beyond the basics in `smtp_auth.rs`: `graph-relay passwd` hashes that real clients
+//! AUTH beyond the basics in `smtp.rs`: `graph-relay passwd` hashes that real clients
 //! (swaks, Python smtplib over STARTTLS) log in with; the per-address delay after repeated
 //! failures, shared across connections and decaying (on tokio's paused clock: no real waiting,
 //! exact delays); and users restricted to one mailbox (`mailbox = "..."`: MAIL FROM → 553 5.7.1,
 //! From header → 550 5.7.1), end to end with the fake Graph showing the mailbox used.
 
-mod common;
-#[path = "front_door_support/mod.rs"]
-mod support;
+use graph_relay_testkit as common;
+use graph_relay_testkit::front_door_support as support;
 
 use support::smtp_support;
 
@@ -73,7 +72,7 @@ async fn passwd_hashes_work_with_swaks_and_smtplib_over_starttls() {
     )
     .await;
 
-    if support::have("swaks") {
+    if common::tools::require_tool("swaks", "the swaks part") {
         let ok = swaks(
             relay.smtp,
             &[
@@ -110,8 +109,6 @@ async fn passwd_hashes_work_with_swaks_and_smtplib_over_starttls() {
         )
         .await;
         assert_eq!(wrong.status.code(), Some(28), "{}", transcript(&wrong));
-    } else {
-        eprintln!("swaks part skipped: swaks is not installed");
     }
 
     let script = r#"

@@ -1,6 +1,5 @@
 //! Shared by the `smtp_*` integration tests: a recording `MessageSink`, a server on 127.0.0.1:0,
 //! and a raw line-level SMTP client that returns replies exactly as sent.
-#![allow(dead_code)]
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;

@@ -1,8 +1,7 @@
 //! SMTP AUTH PLAIN and LOGIN against `smtp.users`: offered on loopback or under TLS only,
 //! `require_auth`, failures and their limit, and real clients (lettre, Python smtplib).
 
-#[path = "smtp_support/mod.rs"]
-mod support;
+use graph_relay_testkit::smtp_support as support;
 
 use std::sync::Arc;
 

@@ -165,7 +165,6 @@ pub fn sendmail_params(body: &Value) -> Result<&Value, GraphError> {
 enum Kind {
     Str,
     Bool,
-    Int,
     Body,
     Recipients,
     Recipient,
@@ -294,7 +293,6 @@ pub fn message_resource(msg: &Value) -> Result<(), GraphError> {
         match kind {
             Kind::Str => expect_string(name, v)?,
             Kind::Bool => expect_bool(name, v)?,
-            Kind::Int => {}
             Kind::Body => item_body(name, v)?,
             Kind::Recipients => {
                 if let Some(a) = expect_array(name, v)? {

@@ -2,7 +2,7 @@
 //! prints its `graph-relay ready` line, stopped with SIGTERM (must exit 0) or SIGKILL.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
@@ -12,6 +12,24 @@ use tokio::process::{Child, Command};
 use super::relay::read_line_starting_with;
 
 const START: Duration = Duration::from_secs(20);
+
+/// The `graph-relay` binary cargo built for this test run. `env!("CARGO_BIN_EXE_graph-relay")`
+/// exists only in graph-relay's own test targets, not in this crate, so it is found next to the
+/// running test binary: `target/<profile>/deps/<test>` → `target/<profile>/graph-relay`.
+pub fn relay_exe() -> PathBuf {
+    let test = std::env::current_exe().expect("path of the running test binary");
+    let profile_dir = test
+        .parent()
+        .and_then(Path::parent)
+        .unwrap_or_else(|| panic!("{} is not in target/<profile>/deps", test.display()));
+    let exe = profile_dir.join(format!("graph-relay{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        exe.is_file(),
+        "{} is missing (cargo test builds it)",
+        exe.display()
+    );
+    exe
+}
 
 pub struct RelayProcess {
     child: Child,
@@ -68,7 +86,7 @@ impl RelayProcess {
     }
 
     fn command(config: &Path, extra: &[&str], level: &str, log: impl Into<Stdio>) -> Command {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_graph-relay"));
+        let mut command = Command::new(relay_exe());
         command
             .arg("--config")
             .arg(config)

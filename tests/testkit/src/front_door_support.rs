@@ -1,10 +1,10 @@
 //! Shared by the `front_door_*` tests: certificates made at test time with rcgen, running real
 //! client programs (swaks, php, python3) with a time limit, a relay with TLS and users on top of
 //! `common::relay`, and reading the certificate a STARTTLS handshake presents. Test-only.
-#![allow(dead_code)]
 
-#[path = "../smtp_support/mod.rs"]
-pub mod smtp_support;
+// The front-door tests reach these as `support::smtp_support` and `support::have`.
+pub use crate::smtp_support;
+pub use crate::tools::have;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -55,16 +55,6 @@ pub fn tls_lines(c: &CertFiles, implicit: bool) -> String {
         t.push_str("implicit_tls_listen = \"127.0.0.1:0\"\n");
     }
     t
-}
-
-/// True when `program` is on PATH.
-pub fn have(program: &str) -> bool {
-    std::env::var_os("PATH").is_some_and(|paths| {
-        std::env::split_paths(&paths).any(|dir| {
-            let p = dir.join(program);
-            p.is_file()
-        })
-    })
 }
 
 /// Runs a command with stdin from `input`, within `RUN_LIMIT`.

@@ -2,8 +2,7 @@
 //! state reset and pipelined plaintext dropped at the upgrade, AUTH unlocked by TLS for
 //! non-loopback clients, and real clients (lettre, Python smtplib).
 
-#[path = "smtp_support/mod.rs"]
-mod support;
+use graph_relay_testkit::smtp_support as support;
 
 use std::sync::Arc;
 
