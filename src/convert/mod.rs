@@ -38,6 +38,8 @@ use graph_json::{FileAttachment, Message, Recipient, SendMail};
 pub use headers::{MAX_HEADER_VALUE_BYTES, MAX_INTERNET_MESSAGE_HEADERS};
 pub use nesting::{MAX_MIME_NESTING, MAX_MIME_PARTS, MAX_PART_HEADER_BYTES};
 pub use recipients::MAX_RECIPIENTS_PER_MESSAGE;
+/// Where a message's header section ends: the one rule every reader of spooled mail follows.
+pub(crate) use text::{fields as header_fields, header_section};
 
 /// A Graph request body must stay below this many bytes (Graph's "4 MB"; the decimal reading
 /// leaves a margin against the binary one).

@@ -8,6 +8,8 @@ use std::io::{BufRead, Read};
 
 use mail_parser::{HeaderName, MessageParser};
 
+use crate::convert::{header_fields, header_section};
+
 #[derive(Debug, thiserror::Error)]
 pub enum InputError {
     #[error("the message is larger than smtp.max_message_bytes ({0} bytes)")]
@@ -97,50 +99,13 @@ pub fn prepare(message: &[u8], extract: bool, from: Option<&str>) -> Prepared {
     }
 }
 
-/// The header fields (each with its continuation lines and CRLF) and the body. The header ends
-/// at the empty line, or at the first line that is not a field: callers often write no empty
-/// line at all (`echo body | sendmail`), and then the whole input is body.
+/// The header fields (each with its continuation lines and CRLF) and the body, split where the
+/// relay's conversion splits them (`convert::header_section`): callers often write no empty line
+/// at all (`echo body | sendmail`), and then the first line that is no field starts the body.
 fn split(message: &[u8]) -> (Vec<&[u8]>, &[u8]) {
-    // Fields are contiguous: each is a (start, end) range, a continuation line moves the end.
-    let mut fields: Vec<(usize, usize)> = Vec::new();
-    let mut pos = 0;
-    let mut body = message.len();
-    while pos < message.len() {
-        let end = message[pos..]
-            .windows(2)
-            .position(|w| w == b"\r\n")
-            .map_or(message.len(), |i| pos + i + 2);
-        let line = &message[pos..end];
-        let continues = matches!(line.first(), Some(b' ' | b'\t'));
-        if line == b"\r\n" {
-            body = end;
-            break;
-        } else if continues && let Some(last) = fields.last_mut() {
-            last.1 = end;
-        } else if is_field_start(line) {
-            fields.push((pos, end));
-        } else {
-            body = pos;
-            break;
-        }
-        pos = end;
-    }
-    let fields = fields.iter().map(|&(a, b)| &message[a..b]).collect();
-    (fields, &message[body.min(message.len())..])
-}
-
-/// `name:` with a name of printable ASCII other than `:` (RFC 5322 2.2; obsolete spaces
-/// before the colon allowed).
-fn is_field_start(line: &[u8]) -> bool {
-    let name_len = line
-        .iter()
-        .take_while(|&&b| (33..=126).contains(&b) && b != b':')
-        .count();
-    name_len > 0
-        && line[name_len..]
-            .iter()
-            .find(|&&b| b != b' ' && b != b'\t')
-            .is_some_and(|&b| b == b':')
+    let section = header_section(message);
+    let fields = header_fields(&message[..section.fields_end]).collect();
+    (fields, &message[section.body_start..])
 }
 
 fn is_named(field: &[u8], name: &str) -> bool {
