@@ -95,35 +95,14 @@ async fn no_space_is_answered_at_mail_before_any_data() {
     task.await.expect("serve");
 }
 
-/// Mounts a tmpfs of `size` at `dir`, or says why not.
-fn mount_tmpfs(dir: &Path, size: &str) -> bool {
-    std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-        .arg(dir)
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-struct Unmount<'a>(&'a Path);
-
-impl Drop for Unmount<'_> {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg(self.0).status();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_relay_checks_the_spool_filesystem_at_mail() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mount_point = dir.path().join("spool");
     std::fs::create_dir(&mount_point).expect("mkdir");
-    if !graph_relay_testkit::tools::require(
-        mount_tmpfs(&mount_point, "256k"),
-        "this machine does not let the test mount a tmpfs",
-    ) {
+    let Some(_tmpfs) = graph_relay_testkit::tools::Tmpfs::mount(&mount_point, "size=256k") else {
         return;
-    }
-    let _unmount = Unmount(&mount_point);
+    };
     let toml = format!(
         "[smtp]\nlisten = \"127.0.0.1:0\"\nhostname = \"relay.test\"\n[queue]\ndir = \"{}\"\n\
          [status]\nlisten = \"\"\n",

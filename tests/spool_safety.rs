@@ -4,7 +4,7 @@
 //! spool files are 0600 and folders 0700 whatever the umask, and old 0755 folders are tightened.
 
 use graph_relay_testkit as common;
-use graph_relay_testkit::tools::require;
+use graph_relay_testkit::tools::Tmpfs;
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
@@ -286,24 +286,9 @@ async fn a_read_only_queue_dir_is_a_clear_error() {
     let ro = setup.dir.path().join("ro");
     std::fs::create_dir(&ro).unwrap();
     // Permissions do not stop root, so the read-only spool is a read-only mount.
-    let mounted = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "ro,size=64k", "tmpfs"])
-        .arg(&ro)
-        .status()
-        .is_ok_and(|s| s.success());
-    if !require(
-        mounted,
-        "this machine does not let the test mount a read-only tmpfs",
-    ) {
+    let Some(_tmpfs) = Tmpfs::mount(&ro, "ro,size=64k") else {
         return;
-    }
-    struct Unmount<'a>(&'a Path);
-    impl Drop for Unmount<'_> {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg(self.0).status();
-        }
-    }
-    let _unmount = Unmount(&ro);
+    };
     for dir in [ro.clone(), ro.join("spool")] {
         let (code, log) = serve_refused(
             &setup.config,

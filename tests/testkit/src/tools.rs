@@ -51,3 +51,30 @@ pub fn unavailable(reason: &str) {
 fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| !matches!(v.trim(), "" | "0" | "false"))
 }
+
+/// A tmpfs mounted for one test (root only; CI runs as root), unmounted when dropped.
+pub struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    /// Mounts a tmpfs with `options` (e.g. `size=256k`, `ro,size=64k`) on the existing folder
+    /// `dir`; `None` (after [`unavailable`]) when this machine does not let the test mount one.
+    #[track_caller]
+    pub fn mount(dir: &std::path::Path, options: &str) -> Option<Tmpfs> {
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", options, "tmpfs"])
+            .arg(dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        require(
+            mounted,
+            &format!("this machine does not let the test mount a tmpfs ({options})"),
+        )
+        .then(|| Tmpfs(dir.to_path_buf()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
