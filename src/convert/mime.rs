@@ -14,10 +14,12 @@
 //! Top-level headers are not covered by S/MIME or PGP/MIME signatures, so none of this breaks
 //! them.
 
-use base64::Engine as _;
-use mail_parser::{Message, MimeHeaders};
+use std::collections::HashSet;
 
-use super::recipients::{Group, HeaderAddr};
+use base64::Engine as _;
+use mail_parser::{Message, MessageParser, MimeHeaders};
+
+use super::recipients::{Group, HeaderAddr, header_addrs};
 use super::sender::SenderPlan;
 use super::text::{address_key, fields, header_section};
 
@@ -58,7 +60,12 @@ pub(crate) fn rewrite(
     let keys = group.keys();
     let rewrite_to_cc = header_to_cc
         .iter()
-        .any(|a| !keys.contains(&address_key(&a.address)));
+        .any(|a| !keys.contains(&address_key(&a.address)))
+        || fields.iter().any(|field| {
+            let name = field_name(field);
+            (name.eq_ignore_ascii_case("to") || name.eq_ignore_ascii_case("cc"))
+                && names_outsider(field, &keys)
+        });
 
     let mut out = Vec::with_capacity(raw.len() + 64 * (group.len() + 2));
     for field in fields {
@@ -94,6 +101,23 @@ pub(crate) fn rewrite(
     out.extend_from_slice(eol);
     out.extend_from_slice(&raw[section.body_start..]);
     out
+}
+
+/// Whether a `To:`/`Cc:` field, read on its own, names an address outside this group. The
+/// whole-message parse is not enough: a malformed field before it can swallow it there, while
+/// Exchange, reading the MIME we post, would still send to it (found by fuzzing).
+fn names_outsider(field: &[u8], keys: &HashSet<String>) -> bool {
+    let mut alone = field.to_vec();
+    if !alone.ends_with(b"\n") {
+        alone.extend_from_slice(b"\r\n");
+    }
+    alone.extend_from_slice(b"\r\n");
+    let Some(msg) = MessageParser::default().parse(&alone[..]) else {
+        return true;
+    };
+    header_addrs(msg.to().into_iter().chain(msg.cc()))
+        .iter()
+        .any(|a| !keys.contains(&address_key(&a.address)))
 }
 
 fn field_name(field: &[u8]) -> &str {
@@ -197,6 +221,29 @@ mod tests {
             String::from_utf8_lossy(&out),
             "From: a@x.org\r\nTo: B <b@x.org>\r\nSubject: s\r\nContent-Type: multipart/signed; boundary=Z\r\nBcc: hidden@x.org\r\n\r\n--Z\r\nbody\r\n--Z--\r\n"
         );
+    }
+
+    #[test]
+    fn a_to_that_a_malformed_field_hides_from_the_parse_is_still_rewritten() {
+        // The whole-message parse lets the bad Content-Type parameter swallow the To line, so
+        // convert sees no header To/Cc; Exchange would still read `To: a@ime` from the MIME.
+        let raw = b"Content-Type: multipart/signed;\x01y\nTo: a@ime\n\nbody\n";
+        let group = Group {
+            to: vec![],
+            cc: vec![],
+            bcc: vec![ha("c@example.com", None)],
+        };
+        let out = String::from_utf8_lossy(&rewrite(raw, &group, &[], &keep_sender())).into_owned();
+        assert!(!out.contains("a@ime"), "{out}");
+        assert!(out.contains("Bcc: c@example.com\n"), "{out}");
+        // A To naming only this group's recipients stays byte for byte.
+        let group = Group {
+            to: vec![ha("b@x.org", Some("B"))],
+            cc: vec![],
+            bcc: vec![],
+        };
+        let out = rewrite(RAW, &group, &[], &keep_sender());
+        assert!(String::from_utf8_lossy(&out).contains("To: B <b@x.org>\r\n"));
     }
 
     #[test]
