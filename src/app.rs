@@ -36,7 +36,7 @@ use crate::ingest::Ingest;
 use crate::metrics::{Counters, GraphStats};
 use crate::notify::{Notifier, watch_token_state};
 use crate::smtp::{self, MessageSink, SmtpSettings};
-use crate::spool::{LockError, Spool, SpoolError, SpoolLock, WriteHook, private_dir};
+use crate::spool::{LockError, Spool, SpoolError, SpoolLock, WriteHook, offload, private_dir};
 use crate::status::http::{self as status_http, StatusContext};
 
 /// How long shutdown waits for SMTP sessions and in-flight deliveries.
@@ -345,7 +345,7 @@ async fn open_spool(config: &Config, opts: &StartOptions) -> Result<(SpoolLock, 
         queue_dir.clone()
     };
     let path = dir.display().to_string();
-    let opened = tokio::task::spawn_blocking(move || {
+    let opened = offload(move || {
         let lock = SpoolLock::acquire(&queue_dir)?;
         let open = || {
             if dry_run {
@@ -359,12 +359,9 @@ async fn open_spool(config: &Config, opts: &StartOptions) -> Result<(SpoolLock, 
         Ok::<_, LockError>((lock, open()))
     })
     .await
-    .map_err(|e| AppError::Spool {
+    .map_err(|source| AppError::Spool {
         path: path.clone(),
-        source: SpoolError::Io {
-            path: path.clone().into(),
-            source: std::io::Error::other(e),
-        },
+        source,
     })?;
     let (lock, opened) = opened?;
     let (report, spool) = opened.map_err(|source| AppError::Spool { path, source })?;

@@ -77,8 +77,7 @@ impl MessageSink for Ingest {
     /// Room for the declared size plus `SPOOL_MIN_FREE`, by `statvfs` on the spool directory.
     /// When the check itself fails, the mail is let through: the commit reports real errors.
     async fn check_space(&self, declared: Option<u64>) -> Result<(), AcceptError> {
-        let root = self.spool.root().to_path_buf();
-        let free = match tokio::task::spawn_blocking(move || free_bytes(&root)).await {
+        let free = match self.spool.with(|spool| free_bytes(spool.root())).await {
             Ok(Ok(free)) => free,
             Ok(Err(e)) => {
                 warn!(error = %e, "cannot tell the spool's free space");
@@ -100,16 +99,17 @@ impl MessageSink for Ingest {
     }
 
     async fn accept(&self, envelope: Envelope, message: Vec<u8>) -> Result<QueueId, AcceptError> {
-        let spool = self.spool.clone();
         let now = self.clock.now();
         // Off the runtime: the precheck walks the whole message (tens of ms for 30 MB).
-        let committed = tokio::task::spawn_blocking(move || {
-            precheck(&message)?;
-            Ok(spool.commit(&envelope, &message, now))
-        })
-        .await
-        .map_err(|e| AcceptError::Unavailable(e.to_string()))?
-        .map_err(|e: ConvertError| AcceptError::Rejected(e.to_string()))?;
+        let committed = self
+            .spool
+            .with(move |spool| {
+                precheck(&message)?;
+                Ok(spool.commit(&envelope, &message, now))
+            })
+            .await
+            .map_err(|e| AcceptError::Unavailable(e.to_string()))?
+            .map_err(|e: ConvertError| AcceptError::Rejected(e.to_string()))?;
         match committed {
             Ok(record) => {
                 self.counters.received();

@@ -198,13 +198,10 @@ pub async fn watch_token_state(
         }
         let after = changes.borrow_and_update().clone();
         waker.notify_one();
-        let spool = spool.clone();
-        let pending =
-            tokio::task::spawn_blocking(move || spool.counts(SystemTime::now()).map(|c| c.pending))
-                .await
-                .ok()
-                .and_then(Result::ok)
-                .unwrap_or(0);
+        let pending = spool
+            .run(|spool| spool.counts(SystemTime::now()).map(|c| c.pending))
+            .await
+            .unwrap_or(0);
         // The advice follows the reason: an expired secret and a revoked consent differ.
         let action = crate::auth::advice::for_status(&config, &after).unwrap_or_default();
         if let Some(notice) =

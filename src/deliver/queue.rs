@@ -178,15 +178,14 @@ impl QueueManager {
             // Everything submitted so far is on disk already, so the listing includes it. What
             // is in flight now may change on disk while we read: its worker resubmits it.
             let busy: HashSet<QueueId> = self.in_flight.lock().expect("in-flight lock").clone();
-            let spool = self.spool.clone();
-            let listed = match tokio::task::spawn_blocking(move || spool.list(Area::Queue)).await {
-                Ok(Ok(records)) => records,
-                Ok(Err(e)) => {
-                    error!(error = %e, "cannot read the queue");
+            let listed = match self.spool.run(|spool| spool.list(Area::Queue)).await {
+                Ok(records) => records,
+                Err(e @ SpoolError::Worker(_)) => {
+                    error!(error = %e, "queue scan task failed");
                     return None;
                 }
                 Err(e) => {
-                    error!(error = %e, "queue scan task failed");
+                    error!(error = %e, "cannot read the queue");
                     return None;
                 }
             };
@@ -375,27 +374,16 @@ impl QueueManager {
     ) -> Result<(Vec<GraphPlan>, Reservation), Option<DeliveryError>> {
         let size = usize::try_from(record.size).unwrap_or(usize::MAX);
         let mut reservation = self.memory.reserve(convert_memory(size)).await;
-        let (spool, id, envelope) = (
-            self.spool.clone(),
-            record.id.clone(),
-            record.envelope.clone(),
-        );
+        let (id, envelope) = (record.id.clone(), record.envelope.clone());
         let options = self.options.read().expect("options lock").clone();
         // The conversion's warnings (a header cut for Graph) carry the queue id.
         let span = tracing::Span::current();
-        let converted = tokio::task::spawn_blocking(move || {
+        let converted = self.spool.run(move |spool| {
             let _span = span.enter();
             let raw = spool.read_message(&id, Area::Queue)?;
             Ok(convert(&raw, &envelope, &options))
-        })
-        .await
-        .unwrap_or_else(|e| {
-            Err(SpoolError::Io {
-                path: Default::default(),
-                source: std::io::Error::other(e),
-            })
         });
-        let converted = match converted {
+        let converted = match converted.await {
             Ok(converted) => converted,
             Err(SpoolError::NotFound(_)) => return Err(None), // deleted meanwhile
             Err(e) => {
@@ -429,17 +417,18 @@ impl QueueManager {
             Ok(()) => {
                 // Graph accepted it: that is what "delivered" counts, whatever the clean-up does.
                 self.counters.delivered();
-                let spool = self.spool.clone();
                 let id = record.id.clone();
-                match tokio::task::spawn_blocking(move || spool.remove(&id)).await {
-                    Ok(Ok(_)) | Ok(Err(SpoolError::NotFound(_))) => {
+                match self.spool.run(move |spool| spool.remove(&id)).await {
+                    Ok(_) | Err(SpoolError::NotFound(_)) => {
                         info!(from = %record.envelope.mail_from, recipients = record.envelope.rcpt_to.len(), "delivered");
                     }
                     // Delivered but still on disk: it will be sent again. Say so loudly.
-                    Ok(Err(e)) => {
+                    Err(e @ SpoolError::Worker(_)) => {
+                        error!(error = %e, "delivered, but the removal task failed")
+                    }
+                    Err(e) => {
                         error!(error = %e, "delivered, but could not remove it from the spool")
                     }
-                    Err(e) => error!(error = %e, "delivered, but the removal task failed"),
                 }
                 None
             }
@@ -467,17 +456,17 @@ impl QueueManager {
 
     /// Writes `record` to the spool, moving it to `failed/` when it failed.
     async fn persist(&self, record: Record) {
-        let spool = self.spool.clone();
         let id = record.id.clone();
-        let result = tokio::task::spawn_blocking(move || match record.state {
+        let result = self.spool.run(move |spool| match record.state {
             State::Failed => spool.relocate(&record, Area::Queue),
             _ => spool.update(&record),
-        })
-        .await;
-        match result {
-            Ok(Ok(())) | Ok(Err(SpoolError::NotFound(_))) => {}
-            Ok(Err(e)) => error!(queue_id = %id, error = %e, "cannot update the spool record"),
-            Err(e) => error!(queue_id = %id, error = %e, "spool update task failed"),
+        });
+        match result.await {
+            Ok(()) | Err(SpoolError::NotFound(_)) => {}
+            Err(e @ SpoolError::Worker(_)) => {
+                error!(queue_id = %id, error = %e, "spool update task failed")
+            }
+            Err(e) => error!(queue_id = %id, error = %e, "cannot update the spool record"),
         }
     }
 
@@ -518,10 +507,9 @@ impl DraftLog for RecordLog {
             record.set_draft(part, note);
             record.clone()
         };
-        let spool = self.spool.clone();
-        tokio::task::spawn_blocking(move || spool.update(&updated))
+        self.spool
+            .run(move |spool| spool.update(&updated))
             .await
-            .map_err(|e| e.to_string())?
             .map_err(|e| e.to_string())
     }
 }

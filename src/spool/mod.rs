@@ -7,6 +7,7 @@
 
 mod group_sync;
 mod lock;
+mod offload;
 mod perms;
 mod record;
 mod store;
@@ -14,6 +15,7 @@ mod admin;
 
 pub use admin::{QueueCounts, list_line};
 pub use lock::{LockError, SpoolLock};
+pub use offload::offload;
 pub use perms::{create_private_dir, private_dir, private_file};
 pub use record::{DraftNote, LastError, Record, State};
 pub use store::{Area, ScanReport, Spool, SpoolError, WriteHook};

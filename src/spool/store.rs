@@ -40,6 +40,9 @@ pub enum SpoolError {
     Io { path: PathBuf, source: io::Error },
     #[error("no message {0} in the spool")]
     NotFound(QueueId),
+    /// The blocking job running a spool call died (it panicked); the text is the join error's.
+    #[error("{0}")]
+    Worker(String),
 }
 
 impl SpoolError {

@@ -10,7 +10,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use tracing::{info, warn};
 
-use super::http::{Conn, Ctx, action_allowed, blocking, forbidden};
+use super::http::{Conn, Ctx, action_allowed, forbidden, spool_job};
 use crate::auth::device_code::{self, DeviceCode};
 use crate::envelope::QueueId;
 use crate::spool::{Spool, SpoolError};
@@ -128,8 +128,7 @@ async fn queue_action(
     let Some(queue_id) = QueueId::parse(&id) else {
         return (StatusCode::NOT_FOUND, "not a queue id\n").into_response();
     };
-    let spool = ctx.spool.clone();
-    match blocking(move || action(&spool, queue_id)).await {
+    match spool_job(&ctx, move |spool| action(spool, queue_id)).await {
         Ok(()) => {
             info!(action = what, id = %id, client = %peer, "status page: {what} done");
             ctx.waker.notify_one();

@@ -212,26 +212,26 @@ pub(super) fn forbidden(what: &str, peer: SocketAddr, headers: &HeaderMap) -> Re
         .into_response()
 }
 
-pub(super) async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, SpoolError> + Send + 'static,
+/// A spool job for a handler, its error as the handler's answer.
+pub(super) async fn spool_job<T: Send + 'static>(
+    ctx: &Ctx,
+    f: impl FnOnce(&Spool) -> Result<T, SpoolError> + Send + 'static,
 ) -> Result<T, Response> {
-    match tokio::task::spawn_blocking(f).await {
-        Ok(Ok(value)) => Ok(value),
-        Ok(Err(SpoolError::NotFound(id))) => {
-            Err((StatusCode::NOT_FOUND, format!("no message {id}\n")).into_response())
+    ctx.spool.run(f).await.map_err(|e| match e {
+        SpoolError::NotFound(id) => {
+            (StatusCode::NOT_FOUND, format!("no message {id}\n")).into_response()
         }
-        Ok(Err(e)) => Err((
+        SpoolError::Worker(e) => (StatusCode::INTERNAL_SERVER_ERROR, e).into_response(),
+        e => (
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("spool error: {e}\n"),
         )
-            .into_response()),
-        Err(e) => Err((StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response()),
-    }
+            .into_response(),
+    })
 }
 
 pub(super) async fn counts(ctx: &Ctx) -> Result<QueueCounts, Response> {
-    let spool = ctx.spool.clone();
-    blocking(move || spool.counts(SystemTime::now())).await
+    spool_job(ctx, |spool| spool.counts(SystemTime::now())).await
 }
 
 #[cfg(test)]

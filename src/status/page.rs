@@ -11,7 +11,7 @@ use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Response};
 
 use super::actions::LoginView;
-use super::http::{Conn, Ctx, StatusContext, blocking};
+use super::http::{Conn, Ctx, StatusContext, spool_job};
 use crate::auth::{TokenState, TokenStatus, advice};
 use crate::spool::{QueueCounts, Record, State as MailState};
 
@@ -109,8 +109,7 @@ pub(super) async fn page(State(ctx): State<Ctx>, ConnectInfo(conn): ConnectInfo<
         )
             .into_response();
     }
-    let spool = ctx.spool.clone();
-    let (counts, records) = match blocking(move || {
+    let (counts, records) = match spool_job(&ctx, |spool| {
         spool
             .list_all()
             .map(|r| (QueueCounts::of(&r, SystemTime::now()), r))
