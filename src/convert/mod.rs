@@ -444,5 +444,17 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
         .collect()
 }
 
+/// Internals the fuzz targets (`fuzz/`) check their oracles against. Not an API.
+#[doc(hidden)]
+pub mod fuzzing {
+    use std::borrow::Cow;
+
+    /// The header repair `convert` applies before parsing: upload ranges point into the
+    /// original bytes, this far behind the parsed ones.
+    pub fn repair_header_bytes(raw: &[u8]) -> Cow<'_, [u8]> {
+        super::text::repair_header_bytes(raw)
+    }
+}
+
 #[cfg(test)]
 mod tests;

@@ -1,0 +1,114 @@
+//! The rules every conversion keeps, whatever a golden says (envelope recipients exactly once,
+//! at most 500 per plan, at most 5 `x-` headers with values, requests under 4,000,000 bytes),
+//! checked the same way by the corpus test (tests/corpus.rs) and the `convert` fuzz target
+//! (fuzz/fuzz_targets/convert.rs). Test-only.
+
+use std::collections::BTreeMap;
+
+use base64::Engine as _;
+use graph_relay::convert::{
+    self, GraphPlan, MAX_INTERNET_MESSAGE_HEADERS, MAX_RECIPIENTS_PER_MESSAGE, MAX_REQUEST_BYTES,
+    PlanRequest,
+};
+use graph_relay::spool::Envelope;
+
+fn key(a: &str) -> String {
+    a.trim().to_lowercase()
+}
+
+/// Rules every conversion keeps, whatever the golden says.
+pub fn check_invariants(plans: &[GraphPlan], envelope: &Envelope) -> Vec<String> {
+    let mut problems = Vec::new();
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    for (i, plan) in plans.iter().enumerate() {
+        if plan.recipients > MAX_RECIPIENTS_PER_MESSAGE {
+            problems.push(format!("plan {i}: {} recipients", plan.recipients));
+        }
+        let (message, named): (Option<&convert::graph_json::Message>, Vec<String>) =
+            match &plan.request {
+                PlanRequest::SendMail(s) => {
+                    let len = serde_json::to_vec(s).map(|v| v.len()).unwrap_or(usize::MAX);
+                    if len >= MAX_REQUEST_BYTES {
+                        problems.push(format!("plan {i}: sendMail body is {len} bytes"));
+                    }
+                    (Some(&s.message), json_recipients(&s.message))
+                }
+                PlanRequest::Draft { message, uploads } => {
+                    let len = serde_json::to_vec(message)
+                        .map(|v| v.len())
+                        .unwrap_or(usize::MAX);
+                    if len >= MAX_REQUEST_BYTES {
+                        problems.push(format!("plan {i}: draft body is {len} bytes"));
+                    }
+                    if uploads.is_empty() {
+                        problems.push(format!("plan {i}: draft without uploads"));
+                    }
+                    (Some(message), json_recipients(message))
+                }
+                PlanRequest::Mime { base64 } => {
+                    if base64.len() >= MAX_REQUEST_BYTES {
+                        problems.push(format!("plan {i}: MIME is {} bytes", base64.len()));
+                    }
+                    (None, mime_recipients(base64))
+                }
+            };
+        if named.len() != plan.recipients {
+            problems.push(format!(
+                "plan {i}: recipients = {} but it names {}",
+                plan.recipients,
+                named.len()
+            ));
+        }
+        for a in named {
+            *seen.entry(key(&a)).or_default() += 1;
+        }
+        if let Some(m) = message {
+            let h = &m.internet_message_headers;
+            if h.len() > MAX_INTERNET_MESSAGE_HEADERS {
+                problems.push(format!("plan {i}: {} internetMessageHeaders", h.len()));
+            }
+            for header in h {
+                if !header.name.to_ascii_lowercase().starts_with("x-") || header.value.is_empty() {
+                    problems.push(format!("plan {i}: bad header {header:?}"));
+                }
+            }
+        }
+    }
+    let want: BTreeMap<String, usize> = envelope.rcpt_to.iter().map(|a| (key(a), 1)).collect();
+    if seen != want {
+        let extra: Vec<_> = seen
+            .iter()
+            .filter(|(k, n)| want.get(*k) != Some(n))
+            .collect();
+        let missing: Vec<_> = want.keys().filter(|k| !seen.contains_key(*k)).collect();
+        problems.push(format!(
+            "recipients differ from the envelope: not exactly once {extra:?}, missing {missing:?}"
+        ));
+    }
+    problems
+}
+
+fn json_recipients(m: &convert::graph_json::Message) -> Vec<String> {
+    m.to_recipients
+        .iter()
+        .chain(&m.cc_recipients)
+        .chain(&m.bcc_recipients)
+        .map(|r| r.email_address.address.clone())
+        .collect()
+}
+
+fn mime_recipients(base64: &str) -> Vec<String> {
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(base64)
+        .unwrap_or_default();
+    let Some(msg) = mail_parser::MessageParser::new().parse_headers(&raw) else {
+        return Vec::new();
+    };
+    msg.all_to()
+        .chain(msg.all_cc())
+        .chain(msg.all_bcc())
+        .flat_map(|a| a.iter())
+        // Without an `@` it is no address Exchange could send to (header junk kept as it was).
+        .filter_map(|a| a.address().filter(|a| a.contains('@')).map(str::to_string))
+        .collect()
+}
