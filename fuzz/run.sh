@@ -5,7 +5,7 @@
 # ASan the targets run about twice as fast). Per target it prints one line with the number of
 # executions, the time and the rate, and exits non-zero when any target finds a crash (libFuzzer
 # leaves the input in fuzz/artifacts/TARGET/). New corpus entries go to fuzz/corpus/TARGET/
-# (not committed); fuzz/seeds/TARGET/ is read as well.
+# (not committed); fuzz/seeds/TARGET/ and fuzz/regressions/TARGET/ (past findings) are read as well.
 set -euo pipefail
 
 ALL=(smtp_session convert big_attachment base64_stream config)
@@ -38,9 +38,12 @@ status=0
 mkdir -p logs
 for t in "${targets[@]}"; do
   mkdir -p "corpus/$t" "seeds/$t"
+  # libFuzzer runs every input of these directories first, then fuzzes; new inputs go to the first.
+  dirs=("corpus/$t" "seeds/$t")
+  [[ -d regressions/$t ]] && dirs+=("regressions/$t")
   log="logs/$t.log"
   set +e
-  nice -n 19 cargo +nightly fuzz run -O -s none "$t" "corpus/$t" "seeds/$t" -- \
+  nice -n 19 cargo +nightly fuzz run -O -s none "$t" "${dirs[@]}" -- \
     -max_total_time="$seconds" -max_len="$(max_len "$t")" -timeout=60 -rss_limit_mb=4096 \
     -print_final_stats=1 >"$log" 2>&1
   rc=$?

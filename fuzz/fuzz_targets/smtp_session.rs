@@ -146,7 +146,7 @@ fn unstuffed(text: &[u8], lax: bool) -> Option<Vec<u8>> {
 /// carry the next chunk; which one was `LAST` is not checked.
 fn sent_by_bdat(client: &[u8], message: &[u8]) -> bool {
     let chunks: Vec<Range<usize>> = (0..client.len())
-        .filter_map(|at| bdat_at(client, at))
+        .flat_map(|at| bdat_at(client, at))
         .filter(|c| c.end <= client.len())
         .collect();
     let mut dead = HashSet::new();
@@ -179,17 +179,63 @@ fn continues(
     found
 }
 
-/// The chunk of the `BDAT <size> ...` command starting at `at`, if there is one.
-fn bdat_at(client: &[u8], at: usize) -> Option<Range<usize>> {
-    let (line, end) = command_at(client, at, b"BDAT")?;
-    let digits: Vec<u8> = line[4..]
-        .iter()
-        .copied()
-        .skip_while(u8::is_ascii_whitespace)
-        .take_while(u8::is_ascii_digit)
-        .collect();
-    let size: usize = std::str::from_utf8(&digits).ok()?.parse().ok()?;
-    Some(end..end.checked_add(size)?)
+/// The chunk of the `BDAT <size> ...` command starting at `at`, if there is one: of `size`
+/// bytes, or of the size smtp-proto reads from more than 19 digits (a known defect, being fixed
+/// separately: once a size saturates, the next digit starts it again, so
+/// `BDAT 222222444444444444446` reads 6 bytes; fuzz/regressions/smtp_session/bdat-size-wraps).
+/// Tolerated here, for now, so the fuzzer keeps looking past it.
+fn bdat_at(client: &[u8], at: usize) -> Vec<Range<usize>> {
+    let Some((line, end)) = command_at(client, at, b"BDAT") else {
+        return Vec::new();
+    };
+    let arg = line[4..].trim_ascii_start();
+    let digits: Vec<u8> = arg.iter().copied().take_while(u8::is_ascii_digit).collect();
+    let exact = std::str::from_utf8(&digits)
+        .ok()
+        .and_then(|d| d.parse().ok());
+    [exact, smtp_proto_size(arg)]
+        .into_iter()
+        .flatten()
+        .filter_map(|size: usize| Some(end..end.checked_add(size)?))
+        .collect()
+}
+
+/// The chunk size smtp-proto 0.2 reads when it has more than 19 digits (`Rfc5321Parser::size`
+/// and `size_saturating`); `None` for a size that fits.
+fn smtp_proto_size(arg: &[u8]) -> Option<usize> {
+    let mut value: usize = 0;
+    let mut digits = 0;
+    let mut bytes = arg.iter();
+    for &b in bytes.by_ref() {
+        if !b.is_ascii_digit() {
+            return None;
+        }
+        value = value * 10 + usize::from(b - b'0');
+        digits += 1;
+        if digits == 19 {
+            break;
+        }
+    }
+    let &first = bytes.next()?;
+    if !first.is_ascii_digit() {
+        return None;
+    }
+    value = value
+        .saturating_mul(10)
+        .saturating_add(usize::from(first - b'0'));
+    for &b in bytes {
+        match b {
+            b'0'..=b'9' if value == usize::MAX => value = usize::from(b - b'0'),
+            b'0'..=b'9' => {
+                value = value
+                    .saturating_mul(10)
+                    .saturating_add(usize::from(b - b'0'))
+            }
+            b' ' if value == usize::MAX => {}
+            _ => break,
+        }
+    }
+    (value != usize::MAX).then_some(value)
 }
 
 /// The command line starting at `at` when its verb is `verb`: the line read the way the

@@ -97,18 +97,47 @@ fn json_recipients(m: &convert::graph_json::Message) -> Vec<String> {
         .collect()
 }
 
+/// The addresses the To, Cc and Bcc fields of a MIME plan name. Each field is read on its own,
+/// because mail-parser reading a whole header section lets one bad field swallow the next (after
+/// `Date:-T` it does not see the following line), and Exchange, which reads this MIME, does not.
 fn mime_recipients(base64: &str) -> Vec<String> {
     let raw = base64::engine::general_purpose::STANDARD
         .decode(base64)
         .unwrap_or_default();
-    let Some(msg) = mail_parser::MessageParser::new().parse_headers(&raw) else {
-        return Vec::new();
-    };
-    msg.all_to()
-        .chain(msg.all_cc())
-        .chain(msg.all_bcc())
-        .flat_map(|a| a.iter())
-        // Without an `@` it is no address Exchange could send to (header junk kept as it was).
-        .filter_map(|a| a.address().filter(|a| a.contains('@')).map(str::to_string))
-        .collect()
+    let mut fields: Vec<Vec<u8>> = Vec::new();
+    for line in raw.split_inclusive(|&b| b == b'\n') {
+        if line == b"\n" || line == b"\r\n" {
+            break;
+        }
+        match fields.last_mut() {
+            Some(field) if matches!(line.first(), Some(b' ' | b'\t')) => {
+                field.extend_from_slice(line)
+            }
+            _ => fields.push(line.to_vec()),
+        }
+    }
+    let mut named = Vec::new();
+    for mut field in fields {
+        let name = field.split(|&b| b == b':').next().unwrap_or_default();
+        if !["to", "cc", "bcc"]
+            .iter()
+            .any(|n| name.trim_ascii().eq_ignore_ascii_case(n.as_bytes()))
+        {
+            continue;
+        }
+        field.extend_from_slice(b"\r\n\r\n");
+        let Some(msg) = mail_parser::MessageParser::new().parse_headers(&field) else {
+            continue;
+        };
+        named.extend(
+            msg.all_to()
+                .chain(msg.all_cc())
+                .chain(msg.all_bcc())
+                .flat_map(|a| a.iter())
+                // Without an `@` it is no address Exchange could send to (header junk kept as
+                // it was).
+                .filter_map(|a| a.address().filter(|a| a.contains('@')).map(str::to_string)),
+        );
+    }
+    named
 }
