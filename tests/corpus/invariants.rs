@@ -134,10 +134,21 @@ fn mime_recipients(base64: &str) -> Vec<String> {
                 .chain(msg.all_cc())
                 .chain(msg.all_bcc())
                 .flat_map(|a| a.iter())
-                // Without an `@` it is no address Exchange could send to (header junk kept as
-                // it was).
-                .filter_map(|a| a.address().filter(|a| a.contains('@')).map(str::to_string)),
+                .filter_map(|a| a.address().filter(|a| deliverable(a)).map(str::to_string)),
         );
     }
     named
+}
+
+/// Whether Exchange could send to `address`: `local@domain`, both parts non-empty, the domain
+/// letters, digits, dots and hyphens. Header junk that mail-parser still reads as an address
+/// (`bob.jones��xample.com`, `@example.com>`) is kept in MIME byte for byte and names nobody.
+fn deliverable(address: &str) -> bool {
+    address.rsplit_once('@').is_some_and(|(local, domain)| {
+        !local.trim().is_empty()
+            && !domain.is_empty()
+            && domain
+                .chars()
+                .all(|c| c.is_alphanumeric() || c == '.' || c == '-')
+    })
 }
