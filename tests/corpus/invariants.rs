@@ -140,13 +140,17 @@ fn mime_recipients(base64: &str) -> Vec<String> {
     named
 }
 
-/// Whether Exchange could send to `address`: `local@domain`, both parts non-empty, the domain
-/// letters, digits, dots and hyphens. Header junk that mail-parser still reads as an address
-/// (`bob.jones��xample.com`, `@example.com>`) is kept in MIME byte for byte and names nobody.
+/// Whether Exchange could send to `address`: a dot-atom `local@domain` (letters, digits and the
+/// RFC 5322 atext signs; the domain letters, digits, dots and hyphens). Header junk that
+/// mail-parser still reads as an address (`bob.jones��xample.com`, `@example.com>`, control
+/// characters and text of other fields) is kept in MIME byte for byte and names nobody.
 fn deliverable(address: &str) -> bool {
     address.rsplit_once('@').is_some_and(|(local, domain)| {
-        !local.trim().is_empty()
+        !local.is_empty()
             && !domain.is_empty()
+            && local
+                .chars()
+                .all(|c| c.is_alphanumeric() || ".!#$%&'*+/=?^_`{|}~-".contains(c))
             && domain
                 .chars()
                 .all(|c| c.is_alphanumeric() || c == '.' || c == '-')
