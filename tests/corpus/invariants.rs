@@ -97,13 +97,19 @@ fn json_recipients(m: &convert::graph_json::Message) -> Vec<String> {
         .collect()
 }
 
-/// The addresses the To, Cc and Bcc fields of a MIME plan name. Each field is read on its own,
-/// because mail-parser reading a whole header section lets one bad field swallow the next (after
-/// `Date:-T` it does not see the following line), and Exchange, which reads this MIME, does not.
+/// The addresses the To, Cc and Bcc fields of a MIME plan name.
 fn mime_recipients(base64: &str) -> Vec<String> {
     let raw = base64::engine::general_purpose::STANDARD
         .decode(base64)
         .unwrap_or_default();
+    field_recipients(&raw)
+}
+
+/// The deliverable addresses the To, Cc and Bcc fields of `raw`'s header section name. Each field
+/// is read on its own, because mail-parser reading a whole header section lets one bad field
+/// swallow the next (after `Date:-T` it does not see the following line), and Exchange, which
+/// reads MIME plans, does not.
+pub fn field_recipients(raw: &[u8]) -> Vec<String> {
     let mut fields: Vec<Vec<u8>> = Vec::new();
     for line in raw.split_inclusive(|&b| b == b'\n') {
         if line == b"\n" || line == b"\r\n" {
