@@ -97,12 +97,16 @@ fn json_recipients(m: &convert::graph_json::Message) -> Vec<String> {
         .collect()
 }
 
-/// The addresses the To, Cc and Bcc fields of a MIME plan name.
+/// The addresses the To, Cc and Bcc fields of a MIME plan name, each once (sent mail kept
+/// byte for byte may name one address in two fields; it is still one recipient).
 fn mime_recipients(base64: &str) -> Vec<String> {
     let raw = base64::engine::general_purpose::STANDARD
         .decode(base64)
         .unwrap_or_default();
-    field_recipients(&raw)
+    let mut named = field_recipients(&raw);
+    let mut seen = std::collections::HashSet::new();
+    named.retain(|a| seen.insert(key(a)));
+    named
 }
 
 /// The deliverable addresses the To, Cc and Bcc fields of `raw`'s header section name. Each field
