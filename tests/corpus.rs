@@ -5,17 +5,16 @@
 
 #[path = "corpus/cases.rs"]
 mod cases;
+#[path = "corpus/invariants.rs"]
+mod invariants;
 
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use base64::Engine as _;
 use cases::{case_dirs, corpus_dir, default_options};
-use graph_relay::convert::{
-    self, ConvertOptions, GraphPlan, MAX_INTERNET_MESSAGE_HEADERS, MAX_RECIPIENTS_PER_MESSAGE,
-    MAX_REQUEST_BYTES, PlanRequest,
-};
+use graph_relay::convert::{self, ConvertOptions};
 use graph_relay::envelope::Envelope;
+use invariants::check_invariants;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
@@ -65,106 +64,6 @@ fn shorten_content_bytes(v: &mut Value) {
         Value::Array(items) => items.iter_mut().for_each(shorten_content_bytes),
         _ => {}
     }
-}
-
-fn key(a: &str) -> String {
-    a.trim().to_lowercase()
-}
-
-/// Rules every conversion keeps, whatever the golden says.
-fn check_invariants(plans: &[GraphPlan], envelope: &Envelope) -> Vec<String> {
-    let mut problems = Vec::new();
-    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
-    for (i, plan) in plans.iter().enumerate() {
-        if plan.recipients > MAX_RECIPIENTS_PER_MESSAGE {
-            problems.push(format!("plan {i}: {} recipients", plan.recipients));
-        }
-        let (message, named): (Option<&convert::graph_json::Message>, Vec<String>) =
-            match &plan.request {
-                PlanRequest::SendMail(s) => {
-                    let len = serde_json::to_vec(s).map(|v| v.len()).unwrap_or(usize::MAX);
-                    if len >= MAX_REQUEST_BYTES {
-                        problems.push(format!("plan {i}: sendMail body is {len} bytes"));
-                    }
-                    (Some(&s.message), json_recipients(&s.message))
-                }
-                PlanRequest::Draft { message, uploads } => {
-                    let len = serde_json::to_vec(message)
-                        .map(|v| v.len())
-                        .unwrap_or(usize::MAX);
-                    if len >= MAX_REQUEST_BYTES {
-                        problems.push(format!("plan {i}: draft body is {len} bytes"));
-                    }
-                    if uploads.is_empty() {
-                        problems.push(format!("plan {i}: draft without uploads"));
-                    }
-                    (Some(message), json_recipients(message))
-                }
-                PlanRequest::Mime { base64 } => {
-                    if base64.len() >= MAX_REQUEST_BYTES {
-                        problems.push(format!("plan {i}: MIME is {} bytes", base64.len()));
-                    }
-                    (None, mime_recipients(base64))
-                }
-            };
-        if named.len() != plan.recipients {
-            problems.push(format!(
-                "plan {i}: recipients = {} but it names {}",
-                plan.recipients,
-                named.len()
-            ));
-        }
-        for a in named {
-            *seen.entry(key(&a)).or_default() += 1;
-        }
-        if let Some(m) = message {
-            let h = &m.internet_message_headers;
-            if h.len() > MAX_INTERNET_MESSAGE_HEADERS {
-                problems.push(format!("plan {i}: {} internetMessageHeaders", h.len()));
-            }
-            for header in h {
-                if !header.name.to_ascii_lowercase().starts_with("x-") || header.value.is_empty() {
-                    problems.push(format!("plan {i}: bad header {header:?}"));
-                }
-            }
-        }
-    }
-    let want: BTreeMap<String, usize> = envelope.rcpt_to.iter().map(|a| (key(a), 1)).collect();
-    if seen != want {
-        let extra: Vec<_> = seen
-            .iter()
-            .filter(|(k, n)| want.get(*k) != Some(n))
-            .collect();
-        let missing: Vec<_> = want.keys().filter(|k| !seen.contains_key(*k)).collect();
-        problems.push(format!(
-            "recipients differ from the envelope: not exactly once {extra:?}, missing {missing:?}"
-        ));
-    }
-    problems
-}
-
-fn json_recipients(m: &convert::graph_json::Message) -> Vec<String> {
-    m.to_recipients
-        .iter()
-        .chain(&m.cc_recipients)
-        .chain(&m.bcc_recipients)
-        .map(|r| r.email_address.address.clone())
-        .collect()
-}
-
-fn mime_recipients(base64: &str) -> Vec<String> {
-    let raw = base64::engine::general_purpose::STANDARD
-        .decode(base64)
-        .unwrap_or_default();
-    let Some(msg) = mail_parser::MessageParser::new().parse_headers(&raw) else {
-        return Vec::new();
-    };
-    msg.all_to()
-        .chain(msg.all_cc())
-        .chain(msg.all_bcc())
-        .flat_map(|a| a.iter())
-        .filter_map(|a| a.address().map(str::to_string))
-        .collect()
 }
 
 /// The first differing line of two pretty JSON texts, with context; long lines are shown around

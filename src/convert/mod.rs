@@ -491,5 +491,17 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
         .collect()
 }
 
+/// Internals the fuzz targets (`fuzz/`) check their oracles against. Not an API.
+#[doc(hidden)]
+pub mod fuzzing {
+    /// What `convert` hands mail-parser (the header section repaired and bounded), and the map
+    /// from an offset in it back to the spooled message, where upload ranges point.
+    pub fn prepared(raw: &[u8]) -> (Vec<u8>, impl Fn(usize) -> Option<usize> + '_) {
+        let prepared = super::text::prepare(raw);
+        let bytes = prepared.bytes.to_vec();
+        (bytes, move |parsed| prepared.spooled_offset(parsed))
+    }
+}
+
 #[cfg(test)]
 mod tests;

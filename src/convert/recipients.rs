@@ -68,6 +68,28 @@ impl Group {
     }
 }
 
+/// An address Graph can take as written: `local@domain`, no longer than RFC 5321 allows, with no
+/// space, control or bracket-like character (mail-parser hands junk fields over as "addresses"
+/// such as `B@example.com>` or `ews@contoso}`; Graph refuses those, which would fail a message
+/// that got its 250 — found by fuzzing), and a domain of letters, digits, hyphens and dots
+/// (IDN letters included). Anything else ("root", "undisclosed") is no header address at all.
+fn is_clean_address(address: &str) -> bool {
+    let Some((local, domain)) = address.rsplit_once('@') else {
+        return false;
+    };
+    let local_ok = local
+        .chars()
+        .all(|c| !c.is_whitespace() && !c.is_control() && !"<>()[]\\,;:\"@".contains(c));
+    let domain_ok = domain
+        .chars()
+        .all(|c| c.is_alphanumeric() || c == '-' || c == '.');
+    !local.is_empty()
+        && !domain.is_empty()
+        && address.len() <= MAX_ADDRESS_BYTES
+        && local_ok
+        && domain_ok
+}
+
 /// Addresses of parsed header fields (all fields of one name, groups flattened), without entries that are not `local@domain`.
 pub(crate) fn header_addrs<'a, 'x: 'a>(
     fields: impl IntoIterator<Item = &'a mail_parser::Address<'x>>,
@@ -77,13 +99,8 @@ pub(crate) fn header_addrs<'a, 'x: 'a>(
         .flat_map(|addr| addr.iter())
         .filter_map(|a| {
             let address = a.address()?.trim();
-            // Graph refuses anything that is not local@domain ("root", "undisclosed").
-            match address.rsplit_once('@') {
-                Some((local, domain))
-                    if !local.is_empty()
-                        && !domain.is_empty()
-                        && address.len() <= MAX_ADDRESS_BYTES => {}
-                _ => return None,
+            if !is_clean_address(address) {
+                return None;
             }
             let name = a.name().and_then(non_empty).map(|mut name| {
                 if let Some(chars) = cut_chars(&mut name, MAX_FIELD_CHARS) {

@@ -408,3 +408,16 @@ fn never_panics_on_mangled_input() {
         }
     }
 }
+
+#[test]
+fn junk_a_header_hands_over_as_an_address_never_reaches_graph() {
+    // mail-parser reads these fields as "B@example.com>" and "ews@contoso}"; Graph would refuse
+    // both and fail a message that got its 250 (a fuzzing find). The envelope recipient goes as
+    // Bcc in its own spelling instead, and the junk Reply-To is dropped.
+    let raw = b"From: ann@contoso.com\r\nTo: B@example.com>\r\nReply-To: ews@contoso}\r\nSubject: s\r\n\r\nhi\r\n";
+    let plan = one(raw, &env("ann@contoso.com", &["b@example.com"]), &opts());
+    let m = &send_mail(&plan).message;
+    assert!(m.to_recipients.is_empty(), "{:?}", m.to_recipients);
+    assert_eq!(addrs(&m.bcc_recipients), vec![("b@example.com", None)]);
+    assert!(m.reply_to.is_empty(), "{:?}", m.reply_to);
+}
