@@ -268,8 +268,16 @@ pub fn convert(
             "header section too large: fields cut or dropped"
         );
     }
+    let as_body;
+    let (prepared, msg) = match parse(&prepared.bytes, false) {
+        Some(msg) => (&prepared, msg),
+        None => {
+            as_body = text::prepare_as_body(raw);
+            let msg = parse(&as_body.bytes, false).ok_or(ConvertError::Unparseable)?;
+            (&as_body, msg)
+        }
+    };
     let parsed: &[u8] = &prepared.bytes;
-    let msg = parse(parsed, false).ok_or(ConvertError::Unparseable)?;
 
     let to = recipients::header_addrs(msg.all_to());
     let cc = recipients::header_addrs(msg.all_cc());
@@ -301,7 +309,7 @@ pub fn convert(
             .collect();
     }
 
-    let content = body::extract(&msg, &prepared, raw);
+    let content = body::extract(&msg, prepared, raw);
     let fields = headers::raw_fields(&msg, parsed);
     let reply_to: Vec<Recipient> = if reply_to.is_empty() {
         sender.reply_to.iter().map(|a| a.recipient()).collect()

@@ -421,3 +421,14 @@ fn junk_a_header_hands_over_as_an_address_never_reaches_graph() {
     assert_eq!(addrs(&m.bcc_recipients), vec![("b@example.com", None)]);
     assert!(m.reply_to.is_empty(), "{:?}", m.reply_to);
 }
+
+#[test]
+fn a_lone_line_mail_parser_reads_nothing_in_is_delivered_as_the_body() {
+    // precheck passes it (it is not empty), so it got a 250: it must convert (a fuzzing find).
+    let raw = b"From Mitoring <mtos\0\0\0\x06\0\0.\r\n";
+    assert!(precheck(raw).is_ok());
+    let plan = one(raw, &env("ann@contoso.com", &["bob@example.com"]), &opts());
+    let m = &send_mail(&plan).message;
+    assert!(m.body.content.contains("From Mitoring"), "{:?}", m.body);
+    assert_eq!(addrs(&m.bcc_recipients), vec![("bob@example.com", None)]);
+}

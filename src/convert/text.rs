@@ -242,6 +242,22 @@ pub(crate) fn prepare(raw: &[u8]) -> Prepared<'_> {
     }
 }
 
+/// The whole message as its body, for mail in which mail-parser finds neither a header nor a body
+/// (a lone line such as an mbox-like `From ...` with no colon anywhere): delivered as text rather
+/// than failed after its 250.
+pub(crate) fn prepare_as_body(raw: &[u8]) -> Prepared<'_> {
+    let mut out = Vec::with_capacity(raw.len() + 2);
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(raw);
+    Prepared {
+        bytes: Cow::Owned(out),
+        parsed_body: 2,
+        spooled_body: 0,
+        cut_fields: 0,
+        dropped_fields: 0,
+    }
+}
+
 /// The fields of a header section (up to `fields_end`), each with its continuation lines.
 pub(crate) fn fields(head: &[u8]) -> impl Iterator<Item = &[u8]> {
     let mut rest = head;
