@@ -43,9 +43,11 @@ for t in "${targets[@]}"; do
   [[ -d regressions/$t ]] && dirs+=("regressions/$t")
   log="logs/$t.log"
   set +e
+  # FUZZ_SEED fixes libFuzzer's random seed, so a run from the same corpus takes the same path
+  # (the CI smoke does: what it can find in its 30 s was tried here first).
   nice -n 19 cargo +nightly fuzz run -O -s none "$t" "${dirs[@]}" -- \
     -max_total_time="$seconds" -max_len="$(max_len "$t")" -timeout=60 -rss_limit_mb=4096 \
-    -print_final_stats=1 >"$log" 2>&1
+    ${FUZZ_SEED:+-seed="$FUZZ_SEED"} -print_final_stats=1 >"$log" 2>&1
   rc=$?
   set -e
   execs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' || true)

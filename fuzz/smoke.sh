@@ -12,4 +12,4 @@ fi
 if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
   cargo install cargo-fuzz --locked
 fi
-./run.sh all "${FUZZ_SMOKE_SECONDS:-30}"
+FUZZ_SEED="${FUZZ_SEED:-1}" ./run.sh all "${FUZZ_SMOKE_SECONDS:-30}"
