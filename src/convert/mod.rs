@@ -242,7 +242,11 @@ fn prepare(raw: &[u8]) -> Result<text::Prepared<'_>, ConvertError> {
         return Err(ConvertError::Empty);
     }
     let prepared = text::prepare(raw);
-    nesting::check(&prepared.bytes).map_err(|excess| match excess {
+    // The walk uses mail-parser's own part-end search, which can panic on odd input in builds
+    // with overflow checks (as `parse` does, and is guarded the same way): never a crash.
+    let checked = std::panic::catch_unwind(|| nesting::check(&prepared.bytes))
+        .map_err(|_| ConvertError::Unparseable)?;
+    checked.map_err(|excess| match excess {
         nesting::Excess::Depth => ConvertError::TooDeep,
         nesting::Excess::Parts => ConvertError::TooManyParts,
         nesting::Excess::HeaderBytes => ConvertError::PartHeadersTooLarge,

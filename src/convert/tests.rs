@@ -432,3 +432,14 @@ fn a_lone_line_mail_parser_reads_nothing_in_is_delivered_as_the_body() {
     assert!(m.body.content.contains("From Mitoring"), "{:?}", m.body);
     assert_eq!(addrs(&m.bcc_recipients), vec![("bob@example.com", None)]);
 }
+
+#[test]
+fn a_panic_inside_mail_parser_during_the_structure_walk_is_an_error_not_a_crash() {
+    // mail-parser 0.11.9 subtracts with overflow on this input (fuzz finding 14; the first two
+    // bytes are the fuzz target's options). In a build with overflow checks that panicked out of
+    // precheck; now it is refused like any message mail-parser cannot read.
+    let input = include_bytes!("../../fuzz/regressions/convert/structure-walk-qp-overflow");
+    let raw = &input[2..];
+    assert!(precheck(raw).is_err());
+    assert!(convert(raw, &env("ann@contoso.com", &["bob@example.com"]), &opts()).is_err());
+}
