@@ -7,7 +7,7 @@ use graph_relay_testkit as common;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::binary::RelayProcess;
+use common::binary::{RelayProcess, relay_cli};
 use common::fake_graph::{FakeMicrosoft, Route, TokenFailure};
 use common::relay::{RelayOptions, relay_toml, send_raw};
 
@@ -68,19 +68,6 @@ async fn wait_for_empty_queue(spool: &Path, timeout: Duration) {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-fn relay_cli(config: &Path, args: &[&str]) -> (i32, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_graph-relay"))
-        .arg("--config")
-        .arg(config)
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

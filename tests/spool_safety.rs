@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, SystemTime};
 
-use common::binary::RelayProcess;
+use common::binary::{RelayProcess, relay_cli};
 use common::fake_graph::{FakeMicrosoft, TokenFailure};
 use common::relay::{RelayOptions, files_in, relay_toml, send_ok};
 use graph_relay::envelope::Envelope;
@@ -77,19 +77,6 @@ fn walk(dir: &Path) -> Vec<(PathBuf, std::fs::Metadata)> {
 
 fn mode(path: &Path) -> u32 {
     std::fs::metadata(path).unwrap().permissions().mode() & 0o777
-}
-
-fn relay_cli(config: &Path, args: &[&str]) -> (i32, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_graph-relay"))
-        .arg("--config")
-        .arg(config)
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    )
 }
 
 /// Waits until `n` lines of `queue list` contain `needle`.

@@ -31,6 +31,21 @@ pub fn relay_exe() -> PathBuf {
     exe
 }
 
+/// `graph-relay --config CONFIG ARGS...` run to its end (the CLI beside a running serve): its exit
+/// code (-1 for a signal) and its stdout.
+pub fn relay_cli(config: &Path, args: &[&str]) -> (i32, String) {
+    let out = std::process::Command::new(relay_exe())
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .output()
+        .expect("run graph-relay");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
 pub struct RelayProcess {
     child: Child,
     pub smtp: SocketAddr,
