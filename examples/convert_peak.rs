@@ -1,7 +1,7 @@
 //! convert_peak: how much memory `convert` takes for one .eml, as a multiple of its size. Reads
 //! the file, notes the process's peak RSS (VmHWM), converts it, and prints the growth of the
 //! peak over the message size: the multiplier the delivery side reserves from the shared memory
-//! budget before it converts (`deliver::queue::CONVERT_MEMORY_FACTOR`). Linux only.
+//! budget before it converts (`deliver::convert_memory`). Linux only.
 //!
 //! ```text
 //! cargo run --release --example convert_peak -- FILE...

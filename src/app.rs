@@ -20,7 +20,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
@@ -31,7 +30,9 @@ use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, Flow};
 use crate::convert::ConvertOptions;
 use crate::deliver::backoff::Backoff;
-use crate::deliver::{GraphTransport, Outbox, QueueManager, RetryPolicy, Transport};
+use crate::deliver::{
+    GraphTransport, Outbox, QueueHandle, QueueManager, QueueParts, RetryPolicy, Transport,
+};
 use crate::ingest::Ingest;
 use crate::metrics::{Counters, GraphStats};
 use crate::notify::{Notifier, watch_token_state};
@@ -83,13 +84,12 @@ pub struct Running {
     smtp_addrs: Vec<SocketAddr>,
     implicit_tls_addrs: Vec<SocketAddr>,
     tokens: Arc<Tokens>,
-    manager: Arc<QueueManager>,
+    queue: QueueHandle,
     smtp: Arc<SmtpSettings>,
     http: reqwest::Client,
     clock: Arc<dyn Clock>,
     status_addr: Option<SocketAddr>,
     tasks: Tasks,
-    waker: Arc<Notify>,
     /// Held until the relay is dropped (after shutdown), or the process dies.
     _lock: SpoolLock,
 }
@@ -113,18 +113,18 @@ impl Running {
     pub fn reload(&self, config: &Config) {
         self.tokens
             .replace(config, self.http.clone(), self.clock.clone());
-        self.manager.set_options(convert_options(config));
+        self.queue.set_options(convert_options(config));
         self.smtp.reload_tls(config);
         info!(
             token_state = self.tokens.status().state.as_str(),
             "configuration reloaded"
         );
-        self.waker.notify_one();
+        self.queue.wake();
     }
 
     /// Wakes the queue manager now (tests, and the status page's actions).
     pub fn wake_delivery(&self) {
-        self.waker.notify_one();
+        self.queue.wake();
     }
 
     /// Stops accepting, lets in-flight work finish within the grace period, and returns.
@@ -148,26 +148,25 @@ pub async fn start(config: Config, opts: StartOptions) -> Result<Running, AppErr
     let graph_stats = Arc::new(GraphStats::default());
     let settings =
         Arc::new(SmtpSettings::try_from_config(&config).map_err(|e| AppError::Tls(e.to_string()))?);
-    let manager = QueueManager::new(
-        spool.clone(),
-        transport(&config, opts.dry_run, &http, &tokens, &graph_stats),
-        tokens.clone(),
-        convert_options(&config),
-        retry_policy(&config),
-        opts.clock.clone(),
-        counters.clone(),
-        !opts.dry_run,
+    let (manager, queue) = QueueManager::new(QueueParts {
+        spool: spool.clone(),
+        transport: transport(&config, opts.dry_run, &http, &tokens, &graph_stats),
+        tokens: (!opts.dry_run).then(|| tokens.clone() as Arc<dyn TokenSource>),
+        options: convert_options(&config),
+        policy: retry_policy(&config),
+        clock: opts.clock.clone(),
+        counters: counters.clone(),
         // One budget for reception and conversion (`smtp.data_memory_bytes`).
-        settings.shared_memory(),
-    );
-    let waker = manager.waker();
+        memory: settings.shared_memory(),
+    });
+    let waker = queue.waker();
     let mut tasks = Tasks::default();
 
     let sink: Arc<dyn MessageSink> = Arc::new(Ingest::new(
         spool.clone(),
         opts.clock.clone(),
         counters.clone(),
-        manager.clone(),
+        queue.clone(),
     ));
     let smtp_addrs = tasks
         .listen(&config.smtp.listen, |listener, stop| {
@@ -197,7 +196,7 @@ pub async fn start(config: Config, opts: StartOptions) -> Result<Running, AppErr
         .first()
         .copied();
 
-    tasks.spawn(|stop| manager.clone().run(stop, SHUTDOWN_GRACE));
+    tasks.spawn(|stop| manager.run(stop, SHUTDOWN_GRACE));
     let notifier = Notifier::for_config(&config, http.clone());
     tasks.spawn(|stop| {
         watch_token_state(tokens.clone(), notifier, spool, waker.clone(), config, stop)
@@ -210,13 +209,12 @@ pub async fn start(config: Config, opts: StartOptions) -> Result<Running, AppErr
         smtp_addrs,
         implicit_tls_addrs,
         tokens,
-        manager,
+        queue,
         smtp: settings,
         http,
         clock: opts.clock,
         status_addr,
         tasks,
-        waker,
         _lock: lock,
     })
 }

@@ -9,7 +9,7 @@ use tracing::{error, warn};
 
 use crate::clock::Clock;
 use crate::convert::{ConvertError, precheck};
-use crate::deliver::QueueManager;
+use crate::deliver::QueueHandle;
 use crate::envelope::{Envelope, QueueId};
 use crate::metrics::Counters;
 use crate::smtp::{AcceptError, MessageSink};
@@ -23,7 +23,7 @@ pub struct Ingest {
     counters: Arc<Counters>,
     /// Woken with each new message; `None` in a process without delivery (the sendmail
     /// command), whose mail the running serve finds at its next rescan of the spool.
-    manager: Option<Arc<QueueManager>>,
+    queue: Option<QueueHandle>,
 }
 
 impl Ingest {
@@ -31,13 +31,13 @@ impl Ingest {
         spool: Spool,
         clock: Arc<dyn Clock>,
         counters: Arc<Counters>,
-        manager: Arc<QueueManager>,
+        queue: QueueHandle,
     ) -> Ingest {
         Ingest {
             spool,
             clock,
             counters,
-            manager: Some(manager),
+            queue: Some(queue),
         }
     }
 
@@ -48,7 +48,7 @@ impl Ingest {
             spool,
             clock,
             counters: Arc::default(),
-            manager: None,
+            queue: None,
         }
     }
 }
@@ -114,8 +114,8 @@ impl MessageSink for Ingest {
             Ok(record) => {
                 self.counters.received();
                 let id = record.id.clone();
-                if let Some(manager) = &self.manager {
-                    manager.submit(record);
+                if let Some(queue) = &self.queue {
+                    queue.submit(record);
                 }
                 Ok(id)
             }

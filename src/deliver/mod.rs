@@ -1,13 +1,17 @@
-//! Delivery: the queue manager that takes committed mail from the spool to Graph, the
-//! transports it uses (Graph, or the dry-run outbox), backoff, and the outcome types. It never
-//! removes a message before Graph accepted it, and never parks one without a readable reason.
+//! Delivery: takes committed mail from the spool to Graph. The queue manager (`queue`) owns the
+//! schedule and hands due messages to workers (`worker`: convert, send, write the outcome);
+//! `retry` says what a failed attempt does to a record; the transports are Graph (`graph`) and
+//! the dry-run outbox. It never removes a message before Graph accepted it, and never parks
+//! one without a readable reason.
 
 pub mod backoff;
 mod graph;
 mod outbox;
 mod queue;
+mod retry;
 pub mod source;
 pub mod steps;
+mod worker;
 
 use std::path::Path;
 use std::time::Duration;
@@ -16,7 +20,9 @@ use async_trait::async_trait;
 
 pub use graph::GraphTransport;
 pub use outbox::Outbox;
-pub use queue::{QueueManager, RetryPolicy, apply_failure, convert_memory};
+pub use queue::{QueueHandle, QueueManager, QueueParts};
+pub use retry::{RetryPolicy, apply_failure};
+pub use worker::convert_memory;
 
 use crate::convert::GraphPlan;
 use crate::envelope::QueueId;
