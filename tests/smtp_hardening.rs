@@ -1,6 +1,7 @@
 //! SMTP ingress against hostile framing and hostile pacing, over real sockets on 127.0.0.1:
 //! every bare CR/LF variant around the DATA end dot (SMTP smuggling), BDAT chunk sizes that do
-//! not fit, and clients that trickle a byte at a time (slowloris). The pacing tests run on
+//! not fit, clients that trickle a byte at a time (slowloris) or keep a connection with NOOPs
+//! that move no mail. The pacing tests run on
 //! tokio's paused clock, so the 5- and 10-minute deadlines pass in virtual time.
 
 use graph_relay_testkit as common;
@@ -15,6 +16,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 const TIMEOUT_421: &str = "421 4.4.2 relay.test Timeout exceeded, closing connection";
+const TOO_MANY_421: &str = "421 4.7.0 relay.test Too many errors, closing connection";
 const TOO_BIG_552: &str = "552 5.3.4 Message size exceeds fixed maximum message size";
 const BDAT_SYNTAX_501: &str = "501 5.5.4 Syntax: BDAT chunk-size [LAST]";
 const UNFRAMED_421: &str = "421 4.5.0 relay.test Cannot find the end of that BDAT chunk, \
@@ -425,5 +427,38 @@ async fn tricklers_holding_every_slot_are_cut_off_and_real_clients_get_in() {
         .send_mail("a@x.test", &["r@y.test"], "Subject: s\r\n\r\nhi\r\n")
         .await;
     assert!(r.starts_with("250 2.0.0 Ok: queued as "), "{r}");
+    server.stop().await;
+}
+
+/// Postfix's `smtpd_junk_command_limit`: NOOP, RSET, VRFY and HELP are answered as usual up to
+/// 100 between accepted messages; past that each one counts as an error, so a client that
+/// keeps a slot with a NOOP before every timeout is closed after 110. Mail resets the count.
+#[tokio::test]
+async fn commands_that_move_no_mail_are_limited_between_messages() {
+    let server = start(settings()).await;
+    let mut c = server.client().await;
+    let junk = ["NOOP", "RSET", "VRFY postmaster", "HELP"];
+    for i in 0..100 {
+        let reply = c.cmd(junk[i % junk.len()]).await;
+        assert!(reply.starts_with("2"), "command {i}: {reply}");
+    }
+    let accepted = c
+        .send_mail("a@x.test", &["r@y.test"], "Subject: s\r\n\r\nhi\r\n")
+        .await;
+    assert!(
+        accepted.starts_with("250 2.0.0 Ok: queued as "),
+        "{accepted}"
+    );
+    // The count starts again after the message: 100 more, then 10 more that count as errors.
+    for i in 0..110 {
+        assert_eq!(
+            c.cmd("NOOP").await,
+            "250 2.0.0 OK",
+            "NOOP {i} after the message"
+        );
+    }
+    assert_eq!(c.cmd("NOOP").await, TOO_MANY_421);
+    assert!(c.closed().await);
+    assert_eq!(server.sink.count(), 1);
     server.stop().await;
 }

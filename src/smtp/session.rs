@@ -126,6 +126,8 @@ struct State {
     auth_user: Option<String>,
     tx: Option<Transaction>,
     errors: usize,
+    /// NOOP, RSET, VRFY and HELP since the last accepted message.
+    junk: usize,
     auth_failures: usize,
 }
 
@@ -345,6 +347,35 @@ impl Session<'_, '_> {
         Flow::Continue
     }
 
+    /// A command that moves no mail: answered with `reply`, but past `max_junk_commands` since
+    /// the last accepted message each one counts as a protocol error.
+    fn junk<S>(&mut self, conn: &mut Conn<S>, reply: Reply) -> Flow
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        self.state.junk += 1;
+        if self.state.junk > self.ctx.settings.max_junk_commands {
+            debug!(
+                junk = self.state.junk,
+                "too many commands that move no mail"
+            );
+            return self.protocol_error(conn, reply);
+        }
+        conn.reply(&reply);
+        Flow::Continue
+    }
+
+    fn help(&self) -> Reply {
+        let mut commands = String::from("EHLO HELO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP");
+        if self.starttls_offered() {
+            commands.push_str(" STARTTLS");
+        }
+        if self.auth_offered() {
+            commands.push_str(" AUTH");
+        }
+        Reply::new(214, [2, 0, 0], format!("Supported commands: {commands}"))
+    }
+
     async fn command<S>(&mut self, conn: &mut Conn<S>, line: &[u8]) -> Flow
     where
         S: AsyncRead + AsyncWrite + Unpin + Send,
@@ -369,32 +400,13 @@ impl Session<'_, '_> {
             Request::Data => self.data(conn).await,
             Request::Rset => {
                 self.state.tx = None;
-                conn.reply(&reply::ok());
-                Flow::Continue
+                self.junk(conn, reply::ok())
             }
-            Request::Noop { .. } => {
-                conn.reply(&reply::ok());
-                Flow::Continue
-            }
-            Request::Vrfy { .. } => {
-                conn.reply(&reply::vrfy());
-                Flow::Continue
-            }
+            Request::Noop { .. } => self.junk(conn, reply::ok()),
+            Request::Vrfy { .. } => self.junk(conn, reply::vrfy()),
             Request::Help { .. } => {
-                let mut commands =
-                    String::from("EHLO HELO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP");
-                if self.starttls_offered() {
-                    commands.push_str(" STARTTLS");
-                }
-                if self.auth_offered() {
-                    commands.push_str(" AUTH");
-                }
-                conn.reply(&Reply::new(
-                    214,
-                    [2, 0, 0],
-                    format!("Supported commands: {commands}"),
-                ));
-                Flow::Continue
+                let help = self.help();
+                self.junk(conn, help)
             }
             Request::Quit => {
                 conn.reply(&reply::bye(self.host()));
@@ -650,6 +662,7 @@ impl Session<'_, '_> {
         let reply = match self.ctx.sink.accept(envelope, body).await {
             Ok(id) => {
                 info!(queue_id = %id, size, recipients, "message accepted");
+                self.state.junk = 0;
                 reply::queued(id.as_str())
             }
             Err(AcceptError::Unavailable(why)) => {

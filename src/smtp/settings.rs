@@ -49,6 +49,10 @@ pub struct SmtpSettings {
     /// Protocol errors (unknown commands, bad syntax, out of order) tolerated per connection;
     /// the next one gets `421 4.7.0` and the connection is closed.
     pub max_errors: usize,
+    /// NOOP, RSET, VRFY and HELP tolerated between two accepted messages (Postfix's
+    /// `smtpd_junk_command_limit`); past it each one counts as a protocol error, so a client
+    /// cannot hold a connection slot for ever with a NOOP before each timeout.
+    pub max_junk_commands: usize,
     /// Failed AUTH attempts tolerated per connection; the next one closes it with `421 4.7.0`.
     pub max_auth_failures: usize,
     /// MAIL FROM needs a successful AUTH first (`530 5.7.0`).
@@ -111,6 +115,7 @@ impl SmtpSettings {
             // Not config keys: fixed policy.
             shutdown_grace: Duration::from_secs(10),
             max_errors: 10,
+            max_junk_commands: 100,
             max_auth_failures: 3,
             require_auth: smtp.require_auth,
             users: smtp.users.clone(),
@@ -230,6 +235,7 @@ impl fmt::Debug for SmtpSettings {
             .field("data_timeout", &self.data_timeout)
             .field("shutdown_grace", &self.shutdown_grace)
             .field("max_errors", &self.max_errors)
+            .field("max_junk_commands", &self.max_junk_commands)
             .field("max_auth_failures", &self.max_auth_failures)
             .field("require_auth", &self.require_auth)
             .field("users", &self.users.keys().collect::<Vec<_>>())
