@@ -227,6 +227,16 @@ async fn a_second_serve_on_the_same_spool_exits_1_and_touches_nothing() {
         assert_eq!(snapshot(&setup.spool), before, "{case}: spool untouched");
         assert!(files_in(&setup.spool.join("corrupt")).is_empty(), "{case}");
     }
+    // An admin "clearing a stale lock" does not let a second serve in either: the spool
+    // folder itself is locked too.
+    std::fs::remove_file(setup.spool.join("serve.lock")).unwrap();
+    let (code, log) = serve_refused(&setup.config, &[]).await;
+    assert_eq!(code, Some(1), "lock file deleted: {log}");
+    assert!(log.contains("already running"), "lock file deleted: {log}");
+    assert!(
+        !setup.spool.join("serve.lock").exists(),
+        "refused before writing"
+    );
 
     // The first instance is unharmed, and the CLI still works beside it.
     send(&first, "after").await;

@@ -4,8 +4,13 @@
 //! files. Only `serve` (dry run included) takes it: the CLI (`queue ...`, `auth ...`) and
 //! `sendmail` work beside a running serve, as they always did.
 //!
+//! The lock is on the spool folder itself, and on `serve.lock` too: a file can be deleted under
+//! its holder (an admin "clearing a stale lock" would let a second serve in), the folder cannot
+//! without the spool going with it. The file keeps the holder's pid for the error message, and
+//! its lock stops a version that locked only the file from running beside this one.
+//!
 //! The kernel drops a `flock` when its holder dies, so a kill -9'd relay never blocks the
-//! restart; the file and the old pid in it are harmless leftovers. The descriptor is
+//! restart; the file and the old pid in it are harmless leftovers. The descriptors are
 //! close-on-exec (Rust's default), so a `notify.command` child never inherits the lock.
 
 use std::fs::{File, TryLockError};
@@ -44,11 +49,12 @@ fn holder(pid: Option<u32>) -> String {
 /// The held lock; dropping it (or dying) releases it.
 #[derive(Debug)]
 pub struct SpoolLock {
+    _dir: File,
     _file: File,
 }
 
 impl SpoolLock {
-    /// Creates `dir` (0700) if needed and takes the lock without waiting; then writes our pid
+    /// Creates `dir` (0700) if needed and takes both locks without waiting; then writes our pid
     /// into the file for the next one who finds it taken.
     pub fn acquire(dir: &Path) -> Result<SpoolLock, LockError> {
         let path = dir.join(LOCK_FILE);
@@ -56,7 +62,18 @@ impl SpoolLock {
             path: path.to_path_buf(),
             source,
         };
+        let held = || LockError::Held {
+            dir: dir.to_path_buf(),
+            lock: path.clone(),
+            pid: read_pid(&path),
+        };
         perms::create_private_dir(dir).map_err(|e| io_error(dir, e))?;
+        let folder = File::open(dir).map_err(|e| io_error(dir, e))?;
+        match folder.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => return Err(held()),
+            Err(TryLockError::Error(e)) => return Err(io_error(dir, e)),
+        }
         // Not truncated on open: until we hold the lock, the pid in it is the holder's.
         let mut file = perms::private_file()
             .read(true)
@@ -67,18 +84,7 @@ impl SpoolLock {
             .map_err(|e| io_error(&path, e))?;
         match file.try_lock() {
             Ok(()) => {}
-            Err(TryLockError::WouldBlock) => {
-                let mut text = String::new();
-                let pid = file
-                    .read_to_string(&mut text)
-                    .ok()
-                    .and_then(|_| text.trim().parse().ok());
-                return Err(LockError::Held {
-                    dir: dir.to_path_buf(),
-                    lock: path,
-                    pid,
-                });
-            }
+            Err(TryLockError::WouldBlock) => return Err(held()),
             Err(TryLockError::Error(e)) => return Err(io_error(&path, e)),
         }
         let write_pid = |file: &mut File| {
@@ -87,8 +93,18 @@ impl SpoolLock {
             writeln!(file, "{}", std::process::id())
         };
         write_pid(&mut file).map_err(|e| io_error(&path, e))?;
-        Ok(SpoolLock { _file: file })
+        Ok(SpoolLock {
+            _dir: folder,
+            _file: file,
+        })
     }
+}
+
+/// The pid the holder wrote into the lock file, if it is there and readable.
+fn read_pid(path: &Path) -> Option<u32> {
+    let mut text = String::new();
+    File::open(path).ok()?.read_to_string(&mut text).ok()?;
+    text.trim().parse().ok()
 }
 
 #[cfg(test)]
@@ -116,6 +132,37 @@ mod tests {
         }
         drop(held);
         let _again = SpoolLock::acquire(&spool)?;
+        Ok(())
+    }
+
+    #[test]
+    fn deleting_the_lock_file_does_not_let_a_second_taker_in() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let spool = dir.path().join("spool");
+        let held = SpoolLock::acquire(&spool)?;
+        std::fs::remove_file(spool.join(LOCK_FILE))?;
+        match SpoolLock::acquire(&spool) {
+            Err(LockError::Held { pid: None, .. }) => {}
+            other => panic!("expected Held (pid unknown: the file is gone), got {other:?}"),
+        }
+        drop(held);
+        let _again = SpoolLock::acquire(&spool)?;
+        Ok(())
+    }
+
+    #[test]
+    fn a_relay_that_locks_only_the_file_keeps_this_one_out() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let spool = dir.path().join("spool");
+        std::fs::create_dir(&spool)?;
+        let older = File::create(spool.join(LOCK_FILE))?;
+        older.try_lock()?;
+        assert!(matches!(
+            SpoolLock::acquire(&spool),
+            Err(LockError::Held { .. })
+        ));
+        drop(older);
+        let _now = SpoolLock::acquire(&spool)?;
         Ok(())
     }
 }
