@@ -28,6 +28,9 @@ pub enum Event {
     Recovered,
 }
 
+/// The `action` of a `recovered` notice.
+const RECOVERED_ACTION: &str = "nothing: held mail is being delivered by itself";
+
 /// The notice: webhook body and command stdin.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Notice {
@@ -56,16 +59,21 @@ impl Notice {
             (TokenState::ReauthRequired, TokenState::Valid) => Event::Recovered,
             _ => return None,
         };
-        let text = match event {
-            Event::ReauthRequired => format!(
-                "graph-relay on {host}: Microsoft sign-in needs attention ({}). Mail is held ({queue_pending} waiting), not lost. Fix: {action}",
-                after.reason
+        let (text, action) = match event {
+            Event::ReauthRequired => (
+                format!(
+                    "graph-relay on {host}: Microsoft sign-in needs attention ({}). Mail is held ({queue_pending} waiting), not lost. Fix: {action}",
+                    after.reason
+                ),
+                action,
             ),
-            Event::Recovered => {
+            Event::Recovered => (
                 format!(
                     "graph-relay on {host}: Microsoft sign-in works again; delivering {queue_pending} held message(s)."
-                )
-            }
+                ),
+                // A receiver that shows every notice's action should not show an empty one.
+                RECOVERED_ACTION,
+            ),
         };
         Some(Notice {
             event,
@@ -301,6 +309,22 @@ mod tests {
             assert!(value.get(key).is_some(), "{key} missing in {value}");
         }
         assert_eq!(value["event"], "reauth_required");
+    }
+
+    #[test]
+    fn a_recovered_notice_says_nothing_needs_doing() {
+        let notice = Notice::for_change(
+            TokenState::ReauthRequired,
+            &status(TokenState::Valid, ""),
+            "",
+            3,
+            "h",
+            SystemTime::UNIX_EPOCH,
+        )
+        .unwrap();
+        assert_eq!(notice.event, Event::Recovered);
+        assert_eq!(notice.action, RECOVERED_ACTION);
+        assert!(notice.text.contains("delivering 3 held"), "{}", notice.text);
     }
 
     #[tokio::test]
