@@ -333,6 +333,24 @@ async fn an_untrusted_certificate_holds_mail_and_queue_list_says_why() {
         "TLS must fail before any request"
     );
     assert!(scene.ms.sent().is_empty());
+    // The status page says it too, with what to do: the sign-in itself is not the problem.
+    let status = relay.status.expect("the scene's relay has a status page");
+    let page = reqwest::get(format!("http://{status}/"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let unreachable = page
+        .split("<div id=\"unreachable\">")
+        .nth(1)
+        .and_then(|rest| rest.split("</div>").next())
+        .unwrap_or_else(|| panic!("no unreachable section in\n{page}"));
+    assert!(
+        unreachable.contains("UnknownIssuer")
+            && unreachable.contains("What to do: the server&#39;s TLS certificate is not trusted"),
+        "{unreachable}"
+    );
     assert!(relay.terminate().await.success());
 
     // Held, not lost: once the CA is trusted the same message goes out (and only it).

@@ -1,7 +1,7 @@
 //! What a person should do about the sign-in, fitted to the cause: nothing configured, a wrong or
 //! expired secret, a dead delegated sign-in, missing consent, a wrong tenant or app id, or a
 //! network/TLS problem between the relay and Microsoft. The one source of the notice's `action`,
-//! the status page's "What to do" and `auth status`'s `fix:` line. Never repeats a secret.
+//! the status page's "What to do" lines and `auth status`'s `fix:` line. Never repeats a secret.
 
 use super::{TokenError, TokenState, TokenStatus};
 use crate::config::{Config, Flow};
@@ -31,8 +31,14 @@ pub fn for_error(config: &Config, error: &TokenError) -> String {
     match error {
         TokenError::Missing(_) => not_configured(config),
         TokenError::Reauth(reason) => refused(config, reason),
-        TokenError::Transient { message, .. } => not_reached(config, message),
+        TokenError::Transient { message, .. } => for_unreachable(config, message),
     }
+}
+
+/// The advice when Microsoft (the token endpoint or Graph) could not be reached or read, from
+/// the error `message`: a network, proxy or TLS matter, or an outage the relay rides out.
+pub fn for_unreachable(config: &Config, message: &str) -> String {
+    not_reached(config, message)
 }
 
 /// The first `AADSTSnnnn` in a reason (`entra::classify` keeps Entra's own code in it).

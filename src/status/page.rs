@@ -144,10 +144,11 @@ fn render_page(
         r#"<!doctype html><html lang="en"><head><meta charset="utf-8">"#,
         r#"<meta name="viewport" content="width=device-width, initial-scale=1">"#,
         r#"{refresh}<title>graph-relay</title><style>{style}</style></head>"#,
-        r#"<body><h1>graph-relay</h1>{token}{login}{queue}<!-- held={held} --></body></html>"#;
+        r#"<body><h1>graph-relay</h1>{token}{reach}{login}{queue}<!-- held={held} --></body></html>"#;
         refresh = refresh,
         style = Markup::literal(STYLE),
         token = token_section(ctx, &token),
+        reach = reach_section(ctx, records),
         login = login_section(login),
         queue = queue_section(counts, records),
         held = held,
@@ -199,6 +200,31 @@ fn token_section(ctx: &StatusContext, token: &TokenStatus) -> Markup {
         state = token.state.as_str(),
         headline = headline,
         detail = detail,
+    )
+}
+
+/// The `last_error` codes of an attempt that did not reach Microsoft or could not read its
+/// answer (`deliver::graph`): nothing the token state shows, since it is not a sign-in matter.
+const UNREACHED: [&str; 2] = ["NetworkError", "TokenEndpointUnavailable"];
+
+/// Why the latest failed attempt of pending mail did not reach Microsoft, and what to do: a
+/// proxy or TLS-inspecting firewall breaks delivery while the sign-in still looks fine.
+fn reach_section(ctx: &StatusContext, records: &[Record]) -> Markup {
+    let latest = records
+        .iter()
+        .filter(|r| r.state == MailState::Pending)
+        .filter_map(|r| Some((r.next_attempt, r.last_error.as_ref()?)))
+        .filter(|(_, error)| UNREACHED.contains(&error.code.as_str()))
+        .max_by_key(|(retry_at, _)| *retry_at);
+    let Some((_, error)) = latest else {
+        return Markup::default();
+    };
+    html!(
+        r#"<div id="unreachable"><p class="bad">Microsoft could not be reached at the last "#,
+        r#"attempt: {reason}. Mail is kept and retried.</p>"#,
+        r#"<p id="reach-action">What to do: {action}</p></div>"#;
+        reason = error.message,
+        action = advice::for_unreachable(&ctx.config, &error.message),
     )
 }
 
