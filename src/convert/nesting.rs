@@ -6,10 +6,14 @@
 //! reads each part's header section itself, keeping only Content-Type and
 //! Content-Transfer-Encoding. Pure; linear in the message size, except that base64 or
 //! quoted-printable attached messages are decoded to be walked too (as mail-parser does, three
-//! levels deep).
+//! levels deep). The same walk measures the [`MimeShape`] that sizes the conversion's share of
+//! the memory budget.
 
 use mail_parser::HeaderValue;
 use mail_parser::parsers::MessageStream;
+
+use super::MAX_INLINE_ATTACHMENT_BYTES;
+use crate::memory::MimeShape;
 
 /// Deepest nesting of multiparts and attached messages accepted: Postfix's default
 /// `mime_nesting_limit` (100). Real mail stays far below it (Exchange itself keeps at most 30
@@ -33,17 +37,55 @@ pub(crate) enum Excess {
     HeaderBytes,
 }
 
-/// The first limit `raw` (as mail-parser will get it) is past, if any. Stops there.
-pub(crate) fn check(raw: &[u8]) -> Result<(), Excess> {
+/// The first limit `raw` (as mail-parser will get it) is past, if any (the walk stops there),
+/// else its shape.
+pub(crate) fn check(raw: &[u8]) -> Result<MimeShape, Excess> {
     let mut seen = Seen::default();
-    walk(raw, 0, ENCODED_LEVELS, &mut seen)
+    walk(raw, 0, ENCODED_LEVELS, &mut seen)?;
+    Ok(seen.shape)
 }
 
 /// Counts over the whole walk, nested encoded messages included.
 #[derive(Default)]
 struct Seen {
-    parts: usize,
-    header_bytes: usize,
+    /// The parts' header bytes, which [`MAX_PART_HEADER_BYTES`] bounds (not the top level's).
+    part_header_bytes: usize,
+    shape: MimeShape,
+}
+
+impl Seen {
+    /// One more part, whose header section is `bytes` long.
+    fn part(&mut self, bytes: usize, top_level: bool) -> Result<(), Excess> {
+        self.shape.header_bytes += bytes as u64;
+        if !top_level {
+            self.part_header_bytes += bytes;
+            if self.part_header_bytes > MAX_PART_HEADER_BYTES {
+                return Err(Excess::HeaderBytes);
+            }
+        }
+        self.shape.parts += 1;
+        if self.shape.parts > MAX_MIME_PARTS as u64 {
+            return Err(Excess::Parts);
+        }
+        Ok(())
+    }
+
+    /// A part's body of `bytes` bytes, of this kind.
+    fn body(&mut self, bytes: usize, kind: Body) {
+        let sum = match kind {
+            Body::Streamed => &mut self.shape.streamed_bytes,
+            Body::Attachment => &mut self.shape.attachment_bytes,
+            Body::Text => &mut self.shape.text_bytes,
+        };
+        *sum += bytes as u64;
+    }
+}
+
+/// What convert does with a part's body, as far as its memory goes (see [`MimeShape`]).
+enum Body {
+    Streamed,
+    Attachment,
+    Text,
 }
 
 /// One entry of mail-parser's state stack, as far as the structure is concerned.
@@ -71,16 +113,7 @@ fn walk(raw: &[u8], depth: usize, encoded_levels: usize, seen: &mut Seen) -> Res
             break;
         };
         stream.skip_bytes(fields.end - start);
-        if depth + stack.len() > 0 {
-            seen.header_bytes += fields.end - start;
-            if seen.header_bytes > MAX_PART_HEADER_BYTES {
-                return Err(Excess::HeaderBytes);
-            }
-        }
-        seen.parts += 1;
-        if seen.parts > MAX_MIME_PARTS {
-            return Err(Excess::Parts);
-        }
+        seen.part(fields.end - start, depth + stack.len() == 0)?;
         let content_type = fields
             .content_type
             .map(|v| MessageStream::new(v).parse_content_type());
@@ -148,11 +181,32 @@ fn walk(raw: &[u8], depth: usize, encoded_levels: usize, seen: &mut Seen) -> Res
             // The bytes themselves do not matter here, only where the part ends.
             _ => stream.mime_part(&boundary).0,
         };
+        // mail-parser keeps a part as text when it is typed text (or not typed), when it is a
+        // multipart whose boundary never shows, and when its base64 does not decode.
+        let attached = depth > 0
+            || stack.iter().skip(1).any(|l| l.message)
+            || (current.message && !stack.is_empty());
+        let binary =
+            !attached && !is_message && content_type.is_some() && !matches!(ctype, "text" | "multipart");
+        let kind = match encoding {
+            _ if !binary || end == usize::MAX => Body::Text,
+            Some(true) => match raw.get(fields.end..end).and_then(base64_decoded_len) {
+                Some(n) if n >= MAX_INLINE_ATTACHMENT_BYTES => Body::Streamed,
+                Some(_) => Body::Attachment,
+                None => Body::Text,
+            },
+            _ => Body::Attachment,
+        };
         if end == usize::MAX {
             let (_, found) = stream.seek_part_end(current.boundary.as_deref());
             if !found {
                 current.boundary = None;
             }
+        }
+        // An encoded attached message's parts are inside its body, counted once as the outer
+        // part's bytes.
+        if depth == 0 {
+            seen.body(stream.offset().saturating_sub(fields.end), kind);
         }
         if current.boundary.is_none() {
             if stream.offset() >= raw.len() {
@@ -183,6 +237,20 @@ fn walk(raw: &[u8], depth: usize, encoded_levels: usize, seen: &mut Seen) -> Res
         }
     }
     Ok(())
+}
+
+/// How many bytes base64 `text` decodes to; `None` when it holds a byte mail-parser's decoder
+/// refuses (it then keeps the part as text).
+fn base64_decoded_len(text: &[u8]) -> Option<usize> {
+    let mut symbols = 0;
+    for &b in text {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'+' | b'/' => symbols += 1,
+            b'=' | b' ' | b'\t' | b'\r' | b'\n' => {}
+            _ => return None,
+        }
+    }
+    Some(symbols / 4 * 3)
 }
 
 /// The two fields of a header section that decide the structure (raw values, the last of each
@@ -268,6 +336,11 @@ fn read_fields(raw: &[u8], mut pos: usize) -> Option<Fields<'_>> {
 mod tests {
     use super::*;
 
+    /// The limit check alone.
+    fn verdict(raw: &[u8]) -> Result<(), Excess> {
+        check(raw).map(drop)
+    }
+
     /// `depth` multiparts, each the only part of the one around it.
     pub(crate) fn nested(depth: usize) -> Vec<u8> {
         let mut raw = b"From: a@b.example\r\nTo: c@d.example\r\n".to_vec();
@@ -286,14 +359,14 @@ mod tests {
 
     #[test]
     fn counts_nested_multiparts() {
-        assert_eq!(check(&nested(MAX_MIME_NESTING)), Ok(()));
-        assert_eq!(check(&nested(MAX_MIME_NESTING + 1)), Err(Excess::Depth));
-        assert_eq!(check(&nested(400_000)), Err(Excess::Depth));
+        assert_eq!(verdict(&nested(MAX_MIME_NESTING)), Ok(()));
+        assert_eq!(verdict(&nested(MAX_MIME_NESTING + 1)), Err(Excess::Depth));
+        assert_eq!(verdict(&nested(400_000)), Err(Excess::Depth));
         // mail-parser reads `Content - Type` as Content-Type too.
         let spaced = String::from_utf8(nested(MAX_MIME_NESTING + 1))
             .expect("ascii")
             .replace("Content-Type", "Content - Type");
-        assert_eq!(check(spaced.as_bytes()), Err(Excess::Depth));
+        assert_eq!(verdict(spaced.as_bytes()), Err(Excess::Depth));
     }
 
     #[test]
@@ -310,8 +383,8 @@ mod tests {
             raw
         };
         // The top level, then two parts per sibling.
-        assert_eq!(check(&siblings((MAX_MIME_PARTS - 1) / 2)), Ok(()));
-        assert_eq!(check(&siblings(MAX_MIME_PARTS / 2)), Err(Excess::Parts));
+        assert_eq!(verdict(&siblings((MAX_MIME_PARTS - 1) / 2)), Ok(()));
+        assert_eq!(verdict(&siblings(MAX_MIME_PARTS / 2)), Err(Excess::Parts));
     }
 
     #[test]
@@ -319,7 +392,7 @@ mod tests {
         let mut raw = b"Content-Type: multipart/mixed; boundary=o\r\n\r\n--o\r\n".to_vec();
         raw.extend(std::iter::repeat_n(&b"X:1\r\n"[..], MAX_PART_HEADER_BYTES / 5).flatten());
         raw.extend_from_slice(b"\r\nx\r\n--o--\r\n");
-        assert_eq!(check(&raw), Err(Excess::HeaderBytes));
+        assert_eq!(verdict(&raw), Err(Excess::HeaderBytes));
     }
 
     #[test]
@@ -331,15 +404,15 @@ mod tests {
             )
         };
         // multipart, message, then the inner levels: exactly the limit.
-        assert_eq!(check(wrap("", &inner).as_bytes()), Ok(()));
+        assert_eq!(verdict(wrap("", &inner).as_bytes()), Ok(()));
         let deeper = String::from_utf8(nested(MAX_MIME_NESTING - 1)).expect("ascii");
-        assert_eq!(check(wrap("", &deeper).as_bytes()), Err(Excess::Depth));
+        assert_eq!(verdict(wrap("", &deeper).as_bytes()), Err(Excess::Depth));
         use base64::Engine as _;
         let encode = |s: &str| base64::engine::general_purpose::STANDARD.encode(s.as_bytes());
         let cte = "Content-Transfer-Encoding: base64\r\n";
-        assert_eq!(check(wrap(cte, &encode(&inner)).as_bytes()), Ok(()));
+        assert_eq!(verdict(wrap(cte, &encode(&inner)).as_bytes()), Ok(()));
         assert_eq!(
-            check(wrap(cte, &encode(&deeper)).as_bytes()),
+            verdict(wrap(cte, &encode(&deeper)).as_bytes()),
             Err(Excess::Depth)
         );
     }
@@ -354,7 +427,7 @@ mod tests {
             b"Content-Type: multipart/mixed; boundary=x\r\n\r\n--x\r\n\r\nunterminated",
             b"no colon\r\nContent-Type: multipart/mixed; boundary=x\r\n\r\n--x\r\n\r\n--x--",
         ] {
-            assert_eq!(check(raw), Ok(()), "{:?}", String::from_utf8_lossy(raw));
+            assert_eq!(verdict(raw), Ok(()), "{:?}", String::from_utf8_lossy(raw));
         }
     }
 }

@@ -6,6 +6,7 @@ use std::time::SystemTime;
 use serde::{Deserialize, Serialize};
 
 use crate::envelope::{Envelope, QueueId};
+use crate::memory::MimeShape;
 
 /// Where a message is in its life. Pending and held live in `queue/`, failed in `failed/`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -74,6 +75,11 @@ pub struct Record {
     /// second copy.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub drafts: Vec<DraftNote>,
+    /// The message's MIME shape as measured at DATA, which sizes its conversion's share of the
+    /// memory budget. Absent in records written before it was kept (and by `commit` without
+    /// one): such mail reserves the worst case.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shape: Option<MimeShape>,
 }
 
 /// One Graph draft of part `part` of a message. Written to the spool right after Graph created
@@ -116,6 +122,7 @@ impl Record {
             size,
             parts_done: Vec::new(),
             drafts: Vec::new(),
+            shape: None,
         }
     }
 
