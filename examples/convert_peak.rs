@@ -93,11 +93,23 @@ fn write_shapes(dir: &std::path::Path) {
         ("qp_html_one_part_10mb", qp_html_parts(1, 10_000_000)),
         ("text_7bit_10mb", text_mail(10_000_000)),
         ("tiny_parts_10000", tiny_parts(9_990)),
-        ("header_1mib_tiny_fields", header_mail("X:1\r\n", 1024 * 1024)),
+        (
+            "header_1mib_tiny_fields",
+            header_mail("X:1\r\n", 1024 * 1024),
+        ),
         ("header_1mib_addresses", address_header(1024 * 1024)),
-        ("nested_rfc822_10mb", nested(&attachment_mail(10_000_000), false)),
-        ("nested_b64_rfc822_10mb", nested(&attachment_mail(10_000_000), true)),
-        ("nested_qp_html_parts", nested(&qp_html_parts(4_000, 3_000), false)),
+        (
+            "nested_rfc822_10mb",
+            nested(&attachment_mail(10_000_000), false),
+        ),
+        (
+            "nested_b64_rfc822_10mb",
+            nested(&attachment_mail(10_000_000), true),
+        ),
+        (
+            "nested_qp_html_parts",
+            nested(&qp_html_parts(4_000, 3_000), false),
+        ),
     ];
     for (name, raw) in shapes {
         let path = dir.join(format!("{name}.eml"));
@@ -106,7 +118,8 @@ fn write_shapes(dir: &std::path::Path) {
     }
 }
 
-const HEAD: &str = "From: a@contoso.com\r\nTo: b@example.com\r\nSubject: shape\r\nMIME-Version: 1.0\r\n";
+const HEAD: &str =
+    "From: a@contoso.com\r\nTo: b@example.com\r\nSubject: shape\r\nMIME-Version: 1.0\r\n";
 
 /// Pseudo-random bytes, as base64 in 76-column lines.
 fn base64_lines(len: usize) -> Vec<u8> {
@@ -174,7 +187,11 @@ fn qp_html_parts(n: usize, each: usize) -> Vec<u8> {
 /// One 7-bit text/plain body of `len` bytes.
 fn text_mail(len: usize) -> Vec<u8> {
     let line = "The quick brown fox jumps over the lazy dog, again and again and again.\r\n";
-    format!("{HEAD}Content-Type: text/plain\r\n\r\n{}", line.repeat(len / line.len())).into_bytes()
+    format!(
+        "{HEAD}Content-Type: text/plain\r\n\r\n{}",
+        line.repeat(len / line.len())
+    )
+    .into_bytes()
 }
 
 /// `n` parts of one byte each.

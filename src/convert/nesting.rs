@@ -186,8 +186,10 @@ fn walk(raw: &[u8], depth: usize, encoded_levels: usize, seen: &mut Seen) -> Res
         let attached = depth > 0
             || stack.iter().skip(1).any(|l| l.message)
             || (current.message && !stack.is_empty());
-        let binary =
-            !attached && !is_message && content_type.is_some() && !matches!(ctype, "text" | "multipart");
+        let binary = !attached
+            && !is_message
+            && content_type.is_some()
+            && !matches!(ctype, "text" | "multipart");
         let kind = match encoding {
             _ if !binary || end == usize::MAX => Body::Text,
             Some(true) => match raw.get(fields.end..end).and_then(base64_decoded_len) {
@@ -429,5 +431,99 @@ mod tests {
         ] {
             assert_eq!(verdict(raw), Ok(()), "{:?}", String::from_utf8_lossy(raw));
         }
+    }
+
+    /// A multipart/mixed message: each part a header section (no blank line) and a body.
+    fn mixed(boundary: &str, parts: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut raw = format!(
+            "From: a@b.example\r\nContent-Type: multipart/mixed; boundary={boundary}\r\n\r\n"
+        )
+        .into_bytes();
+        for (head, body) in parts {
+            raw.extend_from_slice(format!("--{boundary}\r\n{head}\r\n\r\n").as_bytes());
+            raw.extend_from_slice(body);
+            raw.extend_from_slice(b"\r\n");
+        }
+        raw.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+        raw
+    }
+
+    /// Base64 of `decoded` zero bytes, in 76-column lines.
+    fn base64_of(decoded: usize) -> Vec<u8> {
+        let text = "A".repeat(decoded.div_ceil(3) * 4);
+        text.as_bytes()
+            .chunks(76)
+            .flat_map(|l| [l, b"\r\n"].concat())
+            .collect()
+    }
+
+    /// `got` is `want` plus at most the CRLF and boundary after a body.
+    fn assert_body_bytes(got: u64, want: usize) {
+        let want = want as u64;
+        assert!(
+            (want..want + 16).contains(&got),
+            "{got} bytes, {want} expected"
+        );
+    }
+
+    const PDF: &str = "Content-Type: application/pdf\r\nContent-Transfer-Encoding: base64";
+
+    #[test]
+    fn shape_counts_parts_and_every_header_section() -> Result<(), Excess> {
+        let top = "From: a@b.example\r\nContent-Type: multipart/mixed; boundary=o\r\n\r\n";
+        let raw = format!("{top}--o\r\nX-A: 1\r\n\r\nx\r\n--o\r\n\r\ny\r\n--o--\r\n");
+        let shape = check(raw.as_bytes())?;
+        assert_eq!(shape.parts, 3);
+        assert_eq!(
+            shape.header_bytes as usize,
+            top.len() + "X-A: 1\r\n\r\n".len() + 2
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn shape_streams_only_big_binary_base64_at_the_top() -> Result<(), Excess> {
+        let big = base64_of(MAX_INLINE_ATTACHMENT_BYTES);
+        let under = base64_of(MAX_INLINE_ATTACHMENT_BYTES - 3);
+        let mut broken = big.clone();
+        broken[100] = b'*';
+        let csv = "Content-Type: text/csv\r\nContent-Transfer-Encoding: base64";
+        let shape = check(&mixed(
+            "o",
+            &[
+                ("Content-Type: text/plain", b"hello"),
+                (PDF, &big),
+                (PDF, &under),
+                (csv, &big),
+                (PDF, &broken),
+            ],
+        ))?;
+        assert_eq!(shape.parts, 6);
+        assert_body_bytes(shape.streamed_bytes, big.len());
+        assert_body_bytes(shape.attachment_bytes, under.len());
+        // The text, the CSV (text, never streamed) and the PDF mail-parser cannot decode.
+        assert!(shape.text_bytes >= (5 + 2 * big.len()) as u64);
+        assert!(shape.text_bytes < (5 + 2 * big.len() + 48) as u64);
+        Ok(())
+    }
+
+    #[test]
+    fn shape_counts_an_attached_message_whole_as_text() -> Result<(), Excess> {
+        let big = base64_of(MAX_INLINE_ATTACHMENT_BYTES);
+        let inner = mixed("i", &[(PDF, &big)]);
+        let plain = check(&mixed("o", &[("Content-Type: message/rfc822", &inner)]))?;
+        assert_eq!((plain.streamed_bytes, plain.attachment_bytes), (0, 0));
+        assert_body_bytes(plain.text_bytes, big.len());
+        assert_eq!(plain.parts, 4); // the top, the attached message, its top, its PDF
+
+        use base64::Engine as _;
+        let encoded = base64::engine::general_purpose::STANDARD.encode(&inner);
+        let cte = "Content-Type: message/rfc822\r\nContent-Transfer-Encoding: base64";
+        let shape = check(&mixed("o", &[(cte, encoded.as_bytes())]))?;
+        // Its encoded bytes, once: not its parts again.
+        assert_eq!((shape.streamed_bytes, shape.attachment_bytes), (0, 0));
+        assert_body_bytes(shape.text_bytes, encoded.len());
+        assert_eq!(shape.parts, 4);
+        Ok(())
     }
 }

@@ -103,3 +103,136 @@ fn worst_case(size: usize) -> usize {
         .saturating_add(size.saturating_mul(PER_HEADER_BYTE).min(HEADER_WORST))
         .saturating_add(FIXED)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: usize = 1024 * 1024;
+
+    /// A shape of `parts` parts whose header sections hold `header_bytes`.
+    fn shape(parts: u64, header_bytes: u64) -> MimeShape {
+        MimeShape {
+            parts,
+            header_bytes,
+            ..MimeShape::default()
+        }
+    }
+
+    /// The reservation covers what `convert_peak` measured over the read-back (`peak` bytes,
+    /// module comment), with the promised margin of 1.2.
+    fn assert_covers(size: usize, shape: &MimeShape, plans: usize, peak: f64) {
+        let reserved = conversion_bytes(size, Some(shape), plans);
+        let over_read_back = reserved.saturating_sub(size) as f64;
+        assert!(
+            over_read_back >= 1.2 * peak,
+            "{shape:?}: {over_read_back} bytes reserved over the read-back, {peak} measured"
+        );
+    }
+
+    #[test]
+    fn a_big_streamed_attachment_reserves_about_twice_its_size() {
+        for size in [4_105_536, 13_684_486, 31_500_260] {
+            let s = MimeShape {
+                streamed_bytes: size as u64 - 300,
+                text_bytes: 25,
+                ..shape(3, 233)
+            };
+            assert_covers(size, &s, 1, 0.82 * size as f64);
+            // It used to be 6 × the size plus 64 MiB: 254 MiB for the 31.5 MB one.
+            let reserved = conversion_bytes(size, Some(&s), 1);
+            assert!(reserved <= 2 * size + 2 * MIB, "{size}: {reserved}");
+        }
+    }
+
+    #[test]
+    fn attachments_kept_in_memory_reserve_three_times_their_bytes() {
+        let size = 27_369_504;
+        let s = MimeShape {
+            attachment_bytes: 27_368_470,
+            ..shape(12, 980)
+        };
+        assert_covers(size, &s, 1, 2.45 * size as f64);
+        assert!(conversion_bytes(size, Some(&s), 1) <= 4 * size + 2 * MIB);
+    }
+
+    #[test]
+    fn text_reserves_for_quoted_printable_html_at_its_worst() {
+        let one_part = MimeShape {
+            text_bytes: 10_000_065,
+            ..shape(2, 209)
+        };
+        assert_covers(10_000_283, &one_part, 1, 3.83 * 10_000_283.0);
+        let many_parts = MimeShape {
+            text_bytes: 30_119_850,
+            ..shape(9_991, 869_252)
+        };
+        assert_covers(31_009_089, &many_parts, 1, 4.57 * 31_009_089.0);
+        let attached = MimeShape {
+            text_bytes: 12_060_019,
+            ..shape(4_004, 348_308)
+        };
+        assert_covers(12_416_358, &attached, 1, 3.98 * 12_416_358.0);
+    }
+
+    #[test]
+    fn tiny_parts_and_tiny_header_fields_reserve_per_part_and_per_header_byte() {
+        let tiny_parts = MimeShape {
+            text_bytes: 59_940,
+            ..shape(9_991, 20_102)
+        };
+        assert_covers(100_029, &tiny_parts, 1, 2.1 * MIB as f64);
+        // `To:a` again and again, 1 MiB of it.
+        let addresses = MimeShape {
+            text_bytes: 5,
+            ..shape(1, 1_048_569)
+        };
+        assert_covers(1_048_574, &addresses, 1, 80.4 * MIB as f64);
+    }
+
+    #[test]
+    fn a_repaired_header_section_reserves_the_message_copy() {
+        let plain = MimeShape {
+            text_bytes: 1_000_000,
+            ..shape(1, 100)
+        };
+        let copied = MimeShape {
+            copied: true,
+            ..plain
+        };
+        let extra = conversion_bytes(1_000_100, Some(&copied), 1)
+            - conversion_bytes(1_000_100, Some(&plain), 1);
+        assert_eq!(extra, 1_000_100);
+    }
+
+    #[test]
+    fn each_plan_past_the_first_reserves_its_copy_of_the_json() {
+        let small = MimeShape {
+            text_bytes: 1_000,
+            ..shape(1, 100)
+        };
+        let one = conversion_bytes(1_100, Some(&small), 1);
+        assert_eq!(conversion_bytes(1_100, Some(&small), 3) - one, 2 * 2_000);
+        // Past 4 MB of JSON a plan is refused, and bigger attachments are shared between plans.
+        let big = MimeShape {
+            attachment_bytes: 27_000_000,
+            ..shape(12, 1_000)
+        };
+        let one = conversion_bytes(27_001_000, Some(&big), 1);
+        let two = conversion_bytes(27_001_000, Some(&big), 2);
+        assert_eq!(two - one, PER_EXTRA_PLAN);
+        assert_covers(27_369_504, &big, 2, 2.56 * 27_369_504.0);
+    }
+
+    #[test]
+    fn an_unknown_shape_reserves_the_worst_case() {
+        let size = 2_000_000;
+        let worst = conversion_bytes(size, None, 1);
+        assert_eq!(worst, 6 * size + 96 * MIB + MIB);
+        // A walk that found no part: the whole message becomes the body.
+        assert_eq!(conversion_bytes(size, Some(&shape(0, 0)), 1), worst);
+        // Every measured shape stays under it, the worst header included.
+        assert!(worst - size >= (80.4 * MIB as f64) as usize);
+        assert!(conversion_bytes(10_000_283, None, 1) - 10_000_283 >= 4 * 10_000_283);
+    }
+}
