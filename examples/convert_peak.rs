@@ -15,6 +15,7 @@ use base64::Engine as _;
 use graph_relay::convert::{self, ConvertOptions};
 use graph_relay::envelope::Envelope;
 use graph_relay::memory;
+use graph_relay_testkit::mail::{Part, multipart, random_bytes};
 
 fn peak_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
@@ -122,26 +123,6 @@ fn write_shapes(dir: &std::path::Path) {
 const HEAD: &str =
     "From: a@contoso.com\r\nTo: b@example.com\r\nSubject: shape\r\nMIME-Version: 1.0\r\n";
 
-/// Pseudo-random bytes, as base64 in 76-column lines.
-fn base64_lines(len: usize) -> Vec<u8> {
-    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-    let data: Vec<u8> = (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect();
-    let text = base64::engine::general_purpose::STANDARD.encode(&data);
-    let mut out = Vec::with_capacity(text.len() / 76 * 78 + 80);
-    for line in text.as_bytes().chunks(76) {
-        out.extend_from_slice(line);
-        out.extend_from_slice(b"\r\n");
-    }
-    out
-}
-
 /// A short text and one base64 PDF of `decoded` bytes (the shape of `benches/memory_load.rs`).
 fn attachment_mail(decoded: usize) -> Vec<u8> {
     small_attachments(1, decoded)
@@ -149,23 +130,14 @@ fn attachment_mail(decoded: usize) -> Vec<u8> {
 
 /// A short text and `n` base64 PDFs of `decoded` bytes each.
 fn small_attachments(n: usize, decoded: usize) -> Vec<u8> {
-    let mut m = format!(
-        "{HEAD}Content-Type: multipart/mixed; boundary=\"b\"\r\n\r\n--b\r\n\
-         Content-Type: text/plain\r\n\r\nSee the attachments.\r\n"
-    )
-    .into_bytes();
-    for i in 0..n {
-        m.extend_from_slice(
-            format!(
-                "--b\r\nContent-Type: application/pdf; name=\"a{i}.pdf\"\r\n\
-                 Content-Transfer-Encoding: base64\r\n\r\n"
-            )
-            .as_bytes(),
-        );
-        m.extend(base64_lines(decoded));
-    }
-    m.extend_from_slice(b"--b--\r\n");
-    m
+    let names: Vec<String> = (0..n).map(|i| format!("a{i}.pdf")).collect();
+    let bytes: Vec<Vec<u8>> = (0..n).map(|i| random_bytes(decoded, i as u64)).collect();
+    let parts: Vec<Part<'_>> = names
+        .iter()
+        .zip(&bytes)
+        .map(|(n, b)| Part::file(n, b))
+        .collect();
+    multipart("a@contoso.com", "shape", &parts)
 }
 
 /// `n` quoted-printable HTML parts of about `each` bytes, every line a soft break.
