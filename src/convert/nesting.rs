@@ -244,15 +244,20 @@ fn walk(raw: &[u8], depth: usize, encoded_levels: usize, seen: &mut Seen) -> Res
 /// How many bytes base64 `text` decodes to; `None` when it holds a byte mail-parser's decoder
 /// refuses (it then keeps the part as text).
 fn base64_decoded_len(text: &[u8]) -> Option<usize> {
-    let mut symbols = 0;
-    for &b in text {
-        match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'+' | b'/' => symbols += 1,
-            b'=' | b' ' | b'\t' | b'\r' | b'\n' => {}
-            _ => return None,
+    // Byte lanes and no early return, so the compiler vectorizes it (a 30 MB part: a few ms).
+    let (mut symbols, mut refused) = (0usize, 0u8);
+    for chunk in text.chunks(u8::MAX as usize) {
+        let mut in_chunk = 0u8;
+        for &b in chunk {
+            let letter = (b | 0x20).wrapping_sub(b'a') < 26;
+            let symbol = letter | (b.wrapping_sub(b'0') < 10) | (b == b'+') | (b == b'/');
+            let skipped = (b == b'=') | (b == b' ') | (b == b'\t') | (b == b'\r') | (b == b'\n');
+            in_chunk += u8::from(symbol);
+            refused |= u8::from(!(symbol | skipped));
         }
+        symbols += usize::from(in_chunk);
     }
-    Some(symbols / 4 * 3)
+    (refused == 0).then_some(symbols / 4 * 3)
 }
 
 /// The two fields of a header section that decide the structure (raw values, the last of each
