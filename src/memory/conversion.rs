@@ -45,22 +45,23 @@ pub fn conversion_bytes(size: usize, shape: Option<&MimeShape>, plans: usize) ->
 // the file read back already holds, on the shapes it writes (`--write DIR`; README, "Memory"),
 // with a margin of at least 1.2 (2026-12-03, release build, glibc with the relay's 128 KiB mmap
 // threshold). Per encoded byte of the part, or per message byte where said:
-// - one big base64 attachment (3, 10, 31.5 MB): 0.75–0.82 × the message (mail-parser's decoded
+// - one big base64 attachment (3, 10, 31.5 MB): 0.74–0.83 × the message (mail-parser's decoded
 //   copy; the upload reads the file again later);
-// - ten 2 MB attachments kept in memory: 2.45 × (base64), 2.36 × (8-bit); mail-parser's decoded
+// - ten 2 MB attachments kept in memory: 2.46 × (base64), 2.36 × (8-bit): mail-parser's decoded
 //   copy, the plan's copy, the base64 of each for the inline try;
-// - text: 10 MB of 7-bit text 2.0 ×, quoted-printable HTML 3.8 × (one 10 MB part) and 3.9 ×
-//   (10,000 parts of 3 KB), attached messages 3.0–3.1 × (10 MB, plain or base64), 4.0 × (an
-//   attached message of quoted-printable HTML parts);
-// - 10,000 one-byte parts: ~200 bytes per part;
-// - a 1 MiB top-level header: up to 80 bytes per header byte, for `To:a` or `Cc:a` fields again
-//   and again (each an address convert reads); ~40 for other tiny fields;
+// - text: 10 MB of 7-bit text 2.0 ×, quoted-printable HTML 3.8 × (one 10 MB part) and 4.6 ×
+//   (10,000 parts of 3 KB, their headers and parts included), attached messages 3.0–3.1 × (10 MB,
+//   plain or base64), 4.0 × (an attached message of quoted-printable HTML parts);
+// - 10,000 one-byte parts: ~220 bytes per part;
+// - a 1 MiB top-level header: up to 80 bytes per header byte, for `To:a` fields again and again
+//   (each an address convert reads); ~40 for other tiny fields;
 // - with 1,000 recipients (two plans) the second plan adds a copy of the JSON of the first, which
 //   stays below 4 MB (Graph's request limit; bigger attachments are shared `Bytes`).
 
 /// The spooled bytes read back, whole.
 const READ_BACK: usize = 1;
-/// Per encoded byte of a streamed attachment.
+/// Per encoded byte of a streamed attachment. Not covered: a range that fails its check when the
+/// plan is made (a bug, logged as an error) keeps mail-parser's copy in the plan, 0.75 more.
 const PER_STREAMED_BYTE: f64 = 1.0;
 /// Per encoded byte of an attachment kept in memory.
 const PER_ATTACHMENT_BYTE: f64 = 3.0;
@@ -138,7 +139,7 @@ mod tests {
                 text_bytes: 25,
                 ..shape(3, 233)
             };
-            assert_covers(size, &s, 1, 0.82 * size as f64);
+            assert_covers(size, &s, 1, 0.83 * size as f64);
             // It used to be 6 × the size plus 64 MiB: 254 MiB for the 31.5 MB one.
             let reserved = conversion_bytes(size, Some(&s), 1);
             assert!(reserved <= 2 * size + 2 * MIB, "{size}: {reserved}");
@@ -152,7 +153,7 @@ mod tests {
             attachment_bytes: 27_368_470,
             ..shape(12, 980)
         };
-        assert_covers(size, &s, 1, 2.45 * size as f64);
+        assert_covers(size, &s, 1, 2.46 * size as f64);
         assert!(conversion_bytes(size, Some(&s), 1) <= 4 * size + 2 * MIB);
     }
 
