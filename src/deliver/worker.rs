@@ -86,7 +86,8 @@ impl Worker {
     }
 
     /// Reads and converts the message, off the runtime (a 30 MiB parse takes tens of ms), once
-    /// its share of the memory budget (sized by its shape, see `memory::conversion_bytes`) is free; then keeps only what the plans hold.
+    /// its share of the memory budget (by the shape its record keeps: `conversion_bytes`) is
+    /// free; then keeps only what the plans hold.
     /// The raw bytes are dropped before anything is sent: big attachments are read from the
     /// spool again, a chunk at a time. `Err(None)`: nothing to do now (deleted meanwhile, or
     /// unreadable until the next rescan).
