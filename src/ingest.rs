@@ -104,8 +104,8 @@ impl MessageSink for Ingest {
         let committed = self
             .spool
             .with(move |spool| {
-                precheck(&message)?;
-                Ok(spool.commit(&envelope, &message, now))
+                let shape = precheck(&message)?;
+                Ok(spool.commit_shaped(&envelope, &message, Some(shape), now))
             })
             .await
             .map_err(|e| AcceptError::Unavailable(e.to_string()))?

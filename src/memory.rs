@@ -7,7 +7,12 @@
 //! than all of it still converts, alone.
 //!
 //! The budget counts bytes in use; the process's resident size follows it only if freed big
-//! buffers go back to the system, which [`return_big_buffers_to_the_system`] arranges.
+//! buffers go back to the system, which [`return_big_buffers_to_the_system`] arranges. How much a
+//! conversion takes, from the shape of its message, is [`conversion`]'s.
+
+mod conversion;
+
+pub use conversion::{MimeShape, conversion_bytes};
 
 use std::sync::Arc;
 

@@ -33,11 +33,12 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::envelope::Envelope;
+use crate::memory::MimeShape;
 use graph_json::{FileAttachment, Message, Recipient, SendMail};
 
 pub use headers::{MAX_HEADER_VALUE_BYTES, MAX_INTERNET_MESSAGE_HEADERS};
 pub use nesting::{MAX_MIME_NESTING, MAX_MIME_PARTS, MAX_PART_HEADER_BYTES};
-pub use recipients::MAX_RECIPIENTS_PER_MESSAGE;
+pub use recipients::{MAX_RECIPIENTS_PER_MESSAGE, plans_for};
 /// Where a message's header section ends: the one rule every reader of spooled mail follows.
 pub(crate) use text::{fields as header_fields, header_section};
 
@@ -224,20 +225,22 @@ impl ConvertError {
 /// Cheap check at the end of SMTP DATA: `Err` only for mail that can never convert (empty,
 /// nested too deeply, signed/encrypted mail too big for MIME sending). Reads the structure, never
 /// decodes a part. A message without a header section passes: it is delivered as its body, from
-/// the envelope sender, as Postfix would.
-pub fn precheck(raw: &[u8]) -> Result<(), ConvertError> {
-    let prepared = prepare(raw)?;
+/// the envelope sender, as Postfix would. `Ok` holds the shape that sizes its conversion's share
+/// of the memory budget.
+pub fn precheck(raw: &[u8]) -> Result<MimeShape, ConvertError> {
+    let (prepared, shape) = prepare(raw)?;
     let signed = parse(&prepared.bytes, true).is_some_and(|msg| mime::is_signed_or_encrypted(&msg));
     let size = base64_len(raw.len());
     if signed && size >= MAX_REQUEST_BYTES {
         return Err(ConvertError::MimeTooLarge { size });
     }
-    Ok(())
+    Ok(shape)
 }
 
 /// The message as mail-parser may get it ([`text::prepare`]), once its structure is within the
-/// limits that bound mail-parser's memory; both `precheck` and `convert` refuse the rest.
-fn prepare(raw: &[u8]) -> Result<text::Prepared<'_>, ConvertError> {
+/// limits that bound mail-parser's memory (both `precheck` and `convert` refuse the rest), and
+/// its shape.
+fn prepare(raw: &[u8]) -> Result<(text::Prepared<'_>, MimeShape), ConvertError> {
     if raw.iter().all(u8::is_ascii_whitespace) {
         return Err(ConvertError::Empty);
     }
@@ -246,12 +249,13 @@ fn prepare(raw: &[u8]) -> Result<text::Prepared<'_>, ConvertError> {
     // with overflow checks (as `parse` does, and is guarded the same way): never a crash.
     let checked = std::panic::catch_unwind(|| nesting::check(&prepared.bytes))
         .map_err(|_| ConvertError::Unparseable)?;
-    checked.map_err(|excess| match excess {
+    let shape = checked.map_err(|excess| match excess {
         nesting::Excess::Depth => ConvertError::TooDeep,
         nesting::Excess::Parts => ConvertError::TooManyParts,
         nesting::Excess::HeaderBytes => ConvertError::PartHeadersTooLarge,
     })?;
-    Ok(prepared)
+    let copied = matches!(prepared.bytes, std::borrow::Cow::Owned(_));
+    Ok((prepared, MimeShape { copied, ..shape }))
 }
 
 /// Converts one spooled message into the Graph requests that deliver it: one plan per group of
@@ -262,7 +266,7 @@ pub fn convert(
     opts: &ConvertOptions,
 ) -> Result<Vec<GraphPlan>, ConvertError> {
     // Checked again here: mail spooled by an older version never went through `precheck`.
-    let prepared = prepare(raw)?;
+    let (prepared, _) = prepare(raw)?;
     if prepared.cut_fields + prepared.dropped_fields > 0 {
         tracing::warn!(
             cut = prepared.cut_fields,

@@ -14,6 +14,11 @@ const MAX_ADDRESS_BYTES: usize = 320;
 /// Exchange Online's limit of recipients (To + Cc + Bcc) per message.
 pub const MAX_RECIPIENTS_PER_MESSAGE: usize = 500;
 
+/// The most Graph messages (plans) mail to `recipients` envelope recipients becomes.
+pub fn plans_for(recipients: usize) -> usize {
+    recipients.div_ceil(MAX_RECIPIENTS_PER_MESSAGE).max(1)
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) enum Role {
     To,

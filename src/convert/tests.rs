@@ -330,16 +330,46 @@ fn precheck_refuses_only_hopeless_mail() {
     assert_eq!(precheck(b""), Err(ConvertError::Empty));
     assert_eq!(precheck(b" \r\n\r\n"), Err(ConvertError::Empty));
     // No header section: delivered as its body (see `headerless_mail_keeps_its_body`).
-    assert_eq!(precheck(b"just some text\r\nwithout headers\r\n"), Ok(()));
-    assert_eq!(precheck(b"\r\n\r\nbody"), Ok(()));
-    assert_eq!(precheck(SIMPLE), Ok(()));
-    assert_eq!(precheck(b"Subject: no from, no to\r\n\r\n"), Ok(()));
+    assert!(precheck(b"just some text\r\nwithout headers\r\n").is_ok());
+    assert!(precheck(b"\r\n\r\nbody").is_ok());
+    assert!(precheck(SIMPLE).is_ok());
+    assert!(precheck(b"Subject: no from, no to\r\n\r\n").is_ok());
     let mut big = SIGNED.to_vec();
     big.extend(std::iter::repeat_n(b'A', 3_000_000));
     assert!(matches!(
         precheck(&big),
         Err(ConvertError::MimeTooLarge { .. })
     ));
+}
+
+/// The shape measured at DATA agrees with what `convert` does: the attachment it uploads from
+/// the spool file is counted as streamed, so its message reserves about twice its size.
+#[test]
+fn precheck_shape_counts_what_convert_streams() -> crate::TestResult {
+    let raw = with_attachments(&[MAX_INLINE_ATTACHMENT_BYTES, 1_000]);
+    let shape = precheck(&raw)?;
+    let plan = one(&raw, &env("", &["bob@example.com"]), &opts());
+    let PlanRequest::Draft { uploads, .. } = &plan.request else {
+        panic!("a draft: {plan:?}");
+    };
+    let streamed = uploads
+        .iter()
+        .filter(|u| matches!(u.data, AttachmentData::Base64 { .. }))
+        .count();
+    assert_eq!(streamed, 1);
+    let encoded = base64_len(MAX_INLINE_ATTACHMENT_BYTES) / 76 * 78;
+    assert!(shape.streamed_bytes as usize >= encoded, "{shape:?}");
+    assert!(
+        (1_300..1_500).contains(&shape.attachment_bytes),
+        "{shape:?}"
+    );
+    let reserved = crate::memory::conversion_bytes(raw.len(), Some(&shape), 1);
+    assert!(reserved < 2 * raw.len() + 2 * 1024 * 1024, "{reserved}");
+    assert!(!shape.copied);
+    // An 8-bit header section is repaired on a copy of the whole message.
+    let latin = [&b"Subject: caf\xe9\r\n"[..], &raw].concat();
+    assert!(precheck(&latin)?.copied);
+    Ok(())
 }
 
 /// Mail spooled before the structure limits existed never reaches mail-parser: it fails for good,

@@ -22,7 +22,6 @@ pub use graph::GraphTransport;
 pub use outbox::Outbox;
 pub use queue::{QueueHandle, QueueManager, QueueParts};
 pub use retry::{RetryPolicy, apply_failure};
-pub use worker::convert_memory;
 
 use crate::convert::GraphPlan;
 use crate::envelope::QueueId;

@@ -457,6 +457,33 @@ mod tests {
         }
     }
 
+    /// A queue over `spool` that converts within `memory` and reports each message it sends.
+    fn recording_queue(
+        spool: &Spool,
+        clock: Arc<ManualClock>,
+        memory: &MemoryBudget,
+    ) -> (
+        QueueManager,
+        QueueHandle,
+        tokio::sync::mpsc::UnboundedReceiver<QueueId>,
+    ) {
+        let (sent, sends) = tokio::sync::mpsc::unbounded_channel();
+        let (manager, queue) = QueueManager::new(QueueParts {
+            spool: spool.clone(),
+            transport: Arc::new(Recording(sent)),
+            tokens: None, // dry-run delivery needs no token
+            options: ConvertOptions {
+                sender: Some("a@x.org".into()),
+                ..ConvertOptions::default()
+            },
+            policy: POLICY,
+            clock,
+            counters: Arc::new(Counters::default()),
+            memory: memory.clone(),
+        });
+        (manager, queue, sends)
+    }
+
     #[tokio::test(start_paused = true)]
     async fn conversion_waits_for_the_shared_memory_budget_and_never_fails_for_it() -> TestResult {
         let dir = tempfile::tempdir()?;
@@ -466,20 +493,7 @@ mod tests {
         let record = spool.commit(&envelope, b"From: a@x.org\r\n\r\nhi\r\n", clock.now())?;
         // Far less than one conversion's estimate: it may only run with all of it.
         let budget = MemoryBudget::standalone(256 * 1024, 64 * 1024);
-        let (sent, mut sends) = tokio::sync::mpsc::unbounded_channel();
-        let (mut manager, _queue) = QueueManager::new(QueueParts {
-            spool: spool.clone(),
-            transport: Arc::new(Recording(sent)),
-            tokens: None, // dry-run delivery needs no token
-            options: ConvertOptions {
-                sender: Some("a@x.org".into()),
-                ..ConvertOptions::default()
-            },
-            policy: POLICY,
-            clock: clock.clone(),
-            counters: Arc::new(Counters::default()),
-            memory: budget.clone(),
-        });
+        let (mut manager, _queue, mut sends) = recording_queue(&spool, clock, &budget);
         // SMTP sessions hold every byte of it.
         let receiving = budget.reserve(usize::MAX).await;
         manager.pass().await;
@@ -499,6 +513,36 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         assert!(spool.list(Area::Queue)?.is_empty(), "delivered");
+        Ok(())
+    }
+
+    /// 200 KB of text reserves about 2 MiB by its shape, but 21 MiB (here: the whole budget)
+    /// when its record has no shape: with half the budget held by SMTP sessions, the first
+    /// converts at once and the second waits.
+    #[tokio::test(start_paused = true)]
+    async fn conversion_reserves_by_the_shape_its_record_keeps() -> TestResult {
+        let message = format!(
+            "From: a@x.org\r\n\r\n{}",
+            "a line of text\r\n".repeat(12_500)
+        );
+        let shape = crate::convert::precheck(message.as_bytes())?;
+        let envelope = Envelope::new("a@x.org", vec!["b@y.org".into()]);
+        for shape in [Some(shape), None] {
+            let dir = tempfile::tempdir()?;
+            let spool = Spool::open(dir.path())?;
+            let clock = Arc::new(ManualClock::new(SystemTime::now()));
+            let record = spool.commit_shaped(&envelope, message.as_bytes(), shape, clock.now())?;
+            let budget = MemoryBudget::standalone(8 * 1024 * 1024, 64 * 1024);
+            let (mut manager, _queue, mut sends) = recording_queue(&spool, clock, &budget);
+            let receiving = budget.reserve(4 * 1024 * 1024).await;
+            manager.pass().await;
+            let sent = tokio::time::timeout(Duration::from_secs(3600), sends.recv()).await;
+            match shape {
+                Some(_) => assert_eq!(sent?, Some(record.id), "converted beside reception"),
+                None => assert!(sent.is_err(), "waited for the worst case"),
+            }
+            drop(receiving);
+        }
         Ok(())
     }
 

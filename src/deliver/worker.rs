@@ -14,25 +14,13 @@ use super::backoff::jitter;
 use super::retry::{RetryPolicy, apply_failure};
 use super::{Delivery, DeliveryError, DraftLog, Transport};
 use crate::clock::Clock;
-use crate::convert::{ConvertOptions, GraphPlan, convert};
-use crate::memory::{MemoryBudget, Reservation};
+use crate::convert::{ConvertOptions, GraphPlan, convert, plans_for};
+use crate::memory::{MemoryBudget, Reservation, conversion_bytes};
 use crate::metrics::Counters;
 use crate::spool::{Area, DraftNote, LastError, Record, Spool, SpoolError, State};
 
 /// Graph allows four concurrent requests per mailbox.
 const PER_MAILBOX: usize = 4;
-/// Memory a conversion may take for a message of `size` bytes: the spooled bytes read back, then
-/// mail-parser's parse, the decoded parts, the body as UTF-8 text and JSON, and the plan. Measured
-/// with `examples/convert_peak.rs` (README, "Memory"): at most 4.9 times the size over the shapes
-/// the structure limits let through (many parts, quoted-printable HTML, nested messages), plus
-/// up to ~40 bytes per header byte for a top-level header section of tiny fields or addresses,
-/// which `convert` bounds to 1 MiB.
-pub fn convert_memory(size: usize) -> usize {
-    const HEADER_WORST: usize = 64 * 1024 * 1024;
-    size.saturating_mul(6)
-        .saturating_add(size.saturating_mul(64).min(HEADER_WORST))
-        .saturating_add(1024 * 1024)
-}
 /// What one delivery holds beyond its plan while it sends: one request body serialized (< 4 MB)
 /// and one upload chunk (≤ 4 MiB).
 const SEND_MEMORY: usize = 8 * 1024 * 1024;
@@ -98,7 +86,8 @@ impl Worker {
     }
 
     /// Reads and converts the message, off the runtime (a 30 MiB parse takes tens of ms), once
-    /// its estimated share of the memory budget is free; then keeps only what the plans hold.
+    /// its share of the memory budget (by the shape its record keeps: `conversion_bytes`) is
+    /// free; then keeps only what the plans hold.
     /// The raw bytes are dropped before anything is sent: big attachments are read from the
     /// spool again, a chunk at a time. `Err(None)`: nothing to do now (deleted meanwhile, or
     /// unreadable until the next rescan).
@@ -107,7 +96,9 @@ impl Worker {
         record: &Record,
     ) -> Result<(Vec<GraphPlan>, Reservation), Option<DeliveryError>> {
         let size = usize::try_from(record.size).unwrap_or(usize::MAX);
-        let mut reservation = self.memory.reserve(convert_memory(size)).await;
+        let plans = plans_for(record.envelope.rcpt_to.len());
+        let needed = conversion_bytes(size, record.shape.as_ref(), plans);
+        let mut reservation = self.memory.reserve(needed).await;
         let (id, envelope) = (record.id.clone(), record.envelope.clone());
         let options = self.options.borrow().clone();
         // The conversion's warnings (a header cut for Graph) carry the queue id.

@@ -6,6 +6,7 @@ use std::time::SystemTime;
 use serde::{Deserialize, Serialize};
 
 use crate::envelope::{Envelope, QueueId};
+use crate::memory::MimeShape;
 
 /// Where a message is in its life. Pending and held live in `queue/`, failed in `failed/`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -74,6 +75,11 @@ pub struct Record {
     /// second copy.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub drafts: Vec<DraftNote>,
+    /// The message's MIME shape as measured at DATA, which sizes its conversion's share of the
+    /// memory budget. Absent in records written before it was kept (and by `commit` without
+    /// one): such mail reserves the worst case.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shape: Option<MimeShape>,
 }
 
 /// One Graph draft of part `part` of a message. Written to the spool right after Graph created
@@ -116,6 +122,7 @@ impl Record {
             size,
             parts_done: Vec::new(),
             drafts: Vec::new(),
+            shape: None,
         }
     }
 
@@ -179,6 +186,28 @@ mod tests {
         assert!(text.contains("\"received_at\": \"2026-"), "{text}");
         assert!(text.contains("\"state\": \"pending\""), "{text}");
         assert_eq!(Record::from_json(&json)?, record);
+        Ok(())
+    }
+
+    /// Records written before shapes were kept read as `None` (the worst case); a shape is
+    /// written and read back.
+    #[test]
+    fn a_record_without_a_shape_still_reads() -> TestResult {
+        let mut record = Record::new(
+            QueueId::generate(),
+            Envelope::new("a@example.com", vec!["b@example.com".into()]),
+            42,
+            UNIX_EPOCH + Duration::from_secs(1_790_000_000),
+        );
+        let old = record.to_json();
+        assert!(!String::from_utf8_lossy(&old).contains("shape"));
+        assert_eq!(Record::from_json(&old)?.shape, None);
+        record.shape = Some(MimeShape {
+            parts: 3,
+            streamed_bytes: 40,
+            ..MimeShape::default()
+        });
+        assert_eq!(Record::from_json(&record.to_json())?, record);
         Ok(())
     }
 }

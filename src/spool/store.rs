@@ -15,6 +15,7 @@ use super::group_sync::GroupSync;
 use super::perms;
 use super::record::{Record, State};
 use crate::envelope::{Envelope, QueueId};
+use crate::memory::MimeShape;
 
 /// The spool areas a message can be in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -140,15 +141,30 @@ impl Spool {
     }
 
     /// Makes a new message durable in `queue/`. When this returns `Ok`, the message and its
-    /// record are on disk and survive a power cut: only then may SMTP answer 250.
+    /// record are on disk and survive a power cut: only then may SMTP answer 250. Its shape is
+    /// not known, so its conversion reserves the worst case: see [`Spool::commit_shaped`].
     pub fn commit(
         &self,
         envelope: &Envelope,
         message: &[u8],
         now: SystemTime,
     ) -> Result<Record, SpoolError> {
+        self.commit_shaped(envelope, message, None, now)
+    }
+
+    /// [`Spool::commit`], keeping the message's MIME shape (measured at DATA) in its record.
+    pub fn commit_shaped(
+        &self,
+        envelope: &Envelope,
+        message: &[u8],
+        shape: Option<MimeShape>,
+        now: SystemTime,
+    ) -> Result<Record, SpoolError> {
         let id = QueueId::generate();
-        let record = Record::new(id.clone(), envelope.clone(), message.len() as u64, now);
+        let record = Record {
+            shape,
+            ..Record::new(id.clone(), envelope.clone(), message.len() as u64, now)
+        };
         let tmp_eml = self.dir("tmp").join(format!("{id}.eml"));
         let tmp_json = self.dir("tmp").join(format!("{id}.json"));
         let write = || {
