@@ -16,13 +16,14 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
 use common::binary::RelayProcess;
 use common::fake_graph::{DEFAULT_SENDER, FakeMicrosoft};
+use common::mail::{Part, multipart, random_bytes};
 use common::relay::{RelayOptions, files_in, relay_toml};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
+/// The recipient `multipart` writes in To.
 const RCPT: &str = "alice@example.org";
 const WAIT: Duration = Duration::from_secs(900);
 const BUDGET_MIB: f64 = 512.0;
@@ -100,34 +101,11 @@ fn vm_kib(pid: u32, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// A message of about `size` bytes: a text part and one attachment of pseudo-random bytes.
+/// A message of about `size` bytes to alice@example.org (`RCPT`): a text part and one base64
+/// attachment of pseudo-random bytes, as a mail client writes it.
 fn message(size: usize) -> Vec<u8> {
-    let mut m = format!(
-        "From: <{DEFAULT_SENDER}>\r\nTo: <{RCPT}>\r\nSubject: load\r\nMIME-Version: 1.0\r\n\
-         Content-Type: multipart/mixed; boundary=\"b\"\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\n\
-         See the attachment.\r\n--b\r\nContent-Type: application/pdf; name=\"load.pdf\"\r\n\
-         Content-Transfer-Encoding: base64\r\n\r\n"
-    )
-    .into_bytes();
-    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-    let data: Vec<u8> = (0..size / 78 * 57)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect();
-    for line in base64::engine::general_purpose::STANDARD
-        .encode(&data)
-        .as_bytes()
-        .chunks(76)
-    {
-        m.extend_from_slice(line);
-        m.extend_from_slice(b"\r\n");
-    }
-    m.extend_from_slice(b"--b--\r\n");
-    m
+    let data = random_bytes(size / 78 * 57, 1);
+    multipart(DEFAULT_SENDER, "load", &[Part::file("load.pdf", &data)])
 }
 
 /// One SMTP transaction, again after a second for as long as the relay answers 452 at the end of
