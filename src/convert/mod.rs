@@ -358,12 +358,18 @@ fn plan_request(
     parts: &[LargeAttachment],
     save_to_sent_items: bool,
 ) -> Result<PlanRequest, ConvertError> {
+    // Sizes first, base64 copies after: a copy is only made for an attachment that can fit
+    // (ten 2 MB attachments used to be copied whole, 27 MB, before the sizes said no).
     let total: usize = parts.iter().map(|p| p.size).sum();
-    let inline: Option<Vec<FileAttachment>> = parts
-        .iter()
-        .map(LargeAttachment::to_file_attachment)
-        .collect();
-    if let Some(inline) = inline.filter(|_| base64_len(total) < MAX_REQUEST_BYTES) {
+    let inline: Option<Vec<FileAttachment>> = if base64_len(total) < MAX_REQUEST_BYTES {
+        parts
+            .iter()
+            .map(LargeAttachment::to_file_attachment)
+            .collect()
+    } else {
+        None
+    };
+    if let Some(inline) = inline {
         message.attachments = inline;
         let send = SendMail {
             message,
@@ -384,7 +390,9 @@ fn plan_request(
     }
     let mut uploads = Vec::new();
     for p in parts {
+        // Its JSON is longer than its base64: no copy when even that cannot fit.
         if p.size < MAX_INLINE_ATTACHMENT_BYTES
+            && used + base64_len(p.size) < MAX_REQUEST_BYTES
             && let Some(fa) = p.to_file_attachment()
         {
             let len = json_len(&fa) + 1;
