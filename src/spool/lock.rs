@@ -62,18 +62,19 @@ impl SpoolLock {
             path: path.to_path_buf(),
             source,
         };
-        let held = || LockError::Held {
-            dir: dir.to_path_buf(),
-            lock: path.clone(),
-            pid: read_pid(&path),
+        // Takes `file`'s lock; `at` names it in an I/O error.
+        let lock = |file: &File, at: &Path| match file.try_lock() {
+            Ok(()) => Ok(()),
+            Err(TryLockError::WouldBlock) => Err(LockError::Held {
+                dir: dir.to_path_buf(),
+                lock: path.clone(),
+                pid: read_pid(&path),
+            }),
+            Err(TryLockError::Error(e)) => Err(io_error(at, e)),
         };
         perms::create_private_dir(dir).map_err(|e| io_error(dir, e))?;
         let folder = File::open(dir).map_err(|e| io_error(dir, e))?;
-        match folder.try_lock() {
-            Ok(()) => {}
-            Err(TryLockError::WouldBlock) => return Err(held()),
-            Err(TryLockError::Error(e)) => return Err(io_error(dir, e)),
-        }
+        lock(&folder, dir)?;
         // Not truncated on open: until we hold the lock, the pid in it is the holder's.
         let mut file = perms::private_file()
             .read(true)
@@ -82,11 +83,7 @@ impl SpoolLock {
             .truncate(false)
             .open(&path)
             .map_err(|e| io_error(&path, e))?;
-        match file.try_lock() {
-            Ok(()) => {}
-            Err(TryLockError::WouldBlock) => return Err(held()),
-            Err(TryLockError::Error(e)) => return Err(io_error(&path, e)),
-        }
+        lock(&file, &path)?;
         let write_pid = |file: &mut File| {
             file.set_len(0)?;
             file.rewind()?;

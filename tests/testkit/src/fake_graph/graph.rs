@@ -47,6 +47,27 @@ impl Drop for InFlight {
     }
 }
 
+/// Answers a request to `mailbox` as Graph paces them: throttled past the mailbox's concurrency,
+/// after the configured delay, a reply scripted for `route` if one is queued, else `answer`. The
+/// request counts as in flight until the reply is made.
+async fn paced(
+    shared: &Arc<Shared>,
+    mailbox: &str,
+    route: Route,
+    delay: Duration,
+    answer: impl FnOnce(&mut St) -> Reply,
+) -> Reply {
+    let (_in_flight, over) = InFlight::enter(shared, mailbox);
+    if over {
+        return throttled();
+    }
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    let mut st = shared.lock();
+    take_scripted(&mut st, route, mailbox).unwrap_or_else(|| answer(&mut st))
+}
+
 /// Graph's answer to a 5th concurrent request to one mailbox.
 fn throttled() -> Reply {
     GraphError::new(
@@ -285,54 +306,43 @@ pub(super) async fn handle(
         }
         (token, mailbox, st.delay)
     };
-    let (guard, over) = InFlight::enter(shared, &mailbox);
-    let mut reply = if over {
-        throttled()
-    } else {
-        if !delay.is_zero() {
-            tokio::time::sleep(delay).await;
-        }
-        let mut st = shared.lock();
-        match take_scripted(&mut st, route, &mailbox) {
-            Some(r) => r,
-            None if req.body.len() > MAX_REQUEST_BYTES => GraphError::new(
+    let mut reply = paced(shared, &mailbox, route, delay, |st| {
+        if req.body.len() > MAX_REQUEST_BYTES {
+            return GraphError::new(
                 413,
                 "RequestEntityTooLarge",
                 "The maximum request length supported is 4MB.",
             )
-            .reply(),
-            None => {
-                let result = match route {
-                    Route::SendMail => send_mail(&mut st, req, &mailbox, token.delegated),
-                    Route::CreateMessage => {
-                        create_message(&mut st, &shared.base_url, req, &mailbox, token.delegated)
-                    }
-                    Route::AddAttachment => add_attachment(&mut st, req, &mailbox),
-                    Route::CreateUploadSession => {
-                        create_upload_session(&mut st, &shared.base_url, req, &mailbox)
-                    }
-                    Route::SendDraft => send_draft(&mut st, req, &mailbox),
-                    Route::DeleteMessage => delete_message(&mut st, req, &mailbox),
-                    Route::GetMessage => get_message(&st, req, &mailbox),
-                    _ => Err(GraphError::new(
-                        404,
-                        "BadRequest",
-                        "(fake Graph) no such endpoint",
-                    )),
-                };
-                let reply = result.unwrap_or_else(|e| e.reply());
-                match st.lost_replies.iter().position(|r| *r == route) {
-                    Some(i) if reply.status < 300 => {
-                        st.lost_replies.remove(i);
-                        GraphError::new(504, "GatewayTimeout", "(fake Graph) the answer was lost")
-                            .reply()
-                    }
-                    _ => reply,
-                }
-            }
+            .reply();
         }
-    };
-    drop(guard);
+        let result = match route {
+            Route::SendMail => send_mail(st, req, &mailbox, token.delegated),
+            Route::CreateMessage => {
+                create_message(st, &shared.base_url, req, &mailbox, token.delegated)
+            }
+            Route::AddAttachment => add_attachment(st, req, &mailbox),
+            Route::CreateUploadSession => {
+                create_upload_session(st, &shared.base_url, req, &mailbox)
+            }
+            Route::SendDraft => send_draft(st, req, &mailbox),
+            Route::DeleteMessage => delete_message(st, req, &mailbox),
+            Route::GetMessage => get_message(st, req, &mailbox),
+            _ => Err(GraphError::new(
+                404,
+                "BadRequest",
+                "(fake Graph) no such endpoint",
+            )),
+        };
+        let reply = result.unwrap_or_else(|e| e.reply());
+        match st.lost_replies.iter().position(|r| *r == route) {
+            Some(i) if reply.status < 300 => {
+                st.lost_replies.remove(i);
+                GraphError::new(504, "GatewayTimeout", "(fake Graph) the answer was lost").reply()
+            }
+            _ => reply,
+        }
+    })
+    .await;
     reply.headers.push(("request-id".into(), rid.clone()));
     reply.headers.push((
         "client-request-id".into(),
@@ -701,20 +711,10 @@ async fn upload(shared: &Arc<Shared>, req: &Req, route: Route) -> Reply {
         r.mailbox = Some(mailbox);
         return r;
     }
-    let (guard, over) = InFlight::enter(shared, &mailbox);
-    let mut reply = if over {
-        throttled()
-    } else {
-        if !delay.is_zero() {
-            tokio::time::sleep(delay).await;
-        }
-        let mut st = shared.lock();
-        match take_scripted(&mut st, Route::UploadChunk, &mailbox) {
-            Some(r) => r,
-            None => put_chunk(&mut st, &shared.base_url, req, &sid).unwrap_or_else(|e| e.reply()),
-        }
-    };
-    drop(guard);
+    let mut reply = paced(shared, &mailbox, Route::UploadChunk, delay, |st| {
+        put_chunk(st, &shared.base_url, req, &sid).unwrap_or_else(|e| e.reply())
+    })
+    .await;
     reply.mailbox = Some(mailbox);
     reply
 }

@@ -365,6 +365,21 @@ fn unknown_resource(base: &str, st: &St, resource: &str) -> Reply {
     )
 }
 
+/// The `client_id` of a grant only a public client makes (refresh token, device code): present,
+/// known in `tenant`, and sent without a secret or assertion.
+fn public_client<'f>(
+    base: &str,
+    st: &St,
+    form: &'f [(String, String)],
+    tenant: &str,
+) -> Result<&'f str, Reply> {
+    let client_id =
+        util::form_get(form, "client_id").ok_or_else(|| missing_param(base, "client_id"))?;
+    check_client(base, st, client_id, tenant)?;
+    reject_public_client_secret(base, form)?;
+    Ok(client_id)
+}
+
 fn reject_public_client_secret(base: &str, form: &[(String, String)]) -> Result<(), Reply> {
     if util::form_get(form, "client_secret").is_some()
         || util::form_get(form, "client_assertion").is_some()
@@ -752,15 +767,10 @@ fn openssl_verify(cert_pem: &str, alg: &str, data: &[u8], sig: &[u8]) -> Option<
 }
 
 fn refresh(base: &str, st: &mut St, form: &[(String, String)], tenant: &str) -> Reply {
-    let Some(client_id) = util::form_get(form, "client_id") else {
-        return missing_param(base, "client_id");
+    let client_id = match public_client(base, st, form, tenant) {
+        Ok(client_id) => client_id,
+        Err(r) => return r,
     };
-    if let Err(r) = check_client(base, st, client_id, tenant) {
-        return r;
-    }
-    if let Err(r) = reject_public_client_secret(base, form) {
-        return r;
-    }
     let Some(rt) = util::form_get(form, "refresh_token") else {
         return missing_param(base, "refresh_token");
     };
@@ -807,15 +817,10 @@ fn refresh(base: &str, st: &mut St, form: &[(String, String)], tenant: &str) -> 
 }
 
 fn device_code_grant(base: &str, st: &mut St, form: &[(String, String)], tenant: &str) -> Reply {
-    let Some(client_id) = util::form_get(form, "client_id") else {
-        return missing_param(base, "client_id");
+    let client_id = match public_client(base, st, form, tenant) {
+        Ok(client_id) => client_id,
+        Err(r) => return r,
     };
-    if let Err(r) = check_client(base, st, client_id, tenant) {
-        return r;
-    }
-    if let Err(r) = reject_public_client_secret(base, form) {
-        return r;
-    }
     let Some(code) = util::form_get(form, "device_code") else {
         return missing_param(base, "device_code");
     };
