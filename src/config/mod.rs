@@ -30,21 +30,20 @@ impl Config {
 
     /// Token endpoint: `{authority}/{tenant}/oauth2/v2.0/token`.
     pub fn token_url(&self) -> Option<String> {
-        let tenant = self.microsoft.tenant.as_deref()?;
-        Some(format!(
-            "{}/{}/oauth2/v2.0/token",
-            self.microsoft.authority.trim_end_matches('/'),
-            tenant
-        ))
+        self.oauth_endpoint("token")
     }
 
     /// Device authorization endpoint: `{authority}/{tenant}/oauth2/v2.0/devicecode`.
     pub fn device_code_url(&self) -> Option<String> {
+        self.oauth_endpoint("devicecode")
+    }
+
+    /// `{authority}/{tenant}/oauth2/v2.0/{name}`; `None` without a tenant.
+    fn oauth_endpoint(&self, name: &str) -> Option<String> {
         let tenant = self.microsoft.tenant.as_deref()?;
         Some(format!(
-            "{}/{}/oauth2/v2.0/devicecode",
+            "{}/{tenant}/oauth2/v2.0/{name}",
             self.microsoft.authority.trim_end_matches('/'),
-            tenant
         ))
     }
 

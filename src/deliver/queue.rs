@@ -57,6 +57,14 @@ pub struct QueueParts {
     pub memory: MemoryBudget,
 }
 
+/// What a pass does to one record.
+enum Step {
+    /// Hand it to a worker (a free one is counted for it).
+    Dispatch(Record),
+    /// Write it back held or expired.
+    Rewrite(Record),
+}
+
 /// What reaches the manager over its channel.
 enum Event {
     /// A freshly committed record, so the manager need not read the queue back to find it.
@@ -223,9 +231,10 @@ impl QueueManager {
         }
     }
 
-    /// What is queued and not in flight: the disk every `RESCAN` (the truth: it also sees
-    /// `queue retry` and `queue delete`), and in between the schedule kept from events.
-    async fn queued(&mut self) -> Option<Vec<Record>> {
+    /// Brings the schedule up to date: the disk every `RESCAN` (the truth: it also sees
+    /// `queue retry` and `queue delete`), and in between what events brought; without what is
+    /// in flight. `None` when the disk could not be read.
+    async fn refresh(&mut self) -> Option<()> {
         if self.schedule.rescan_due() {
             // A worker may rewrite its record while we read; its report brings the new one.
             match self.worker.spool.run(|spool| spool.list(Area::Queue)).await {
@@ -244,32 +253,59 @@ impl QueueManager {
         self.schedule
             .records
             .retain(|id, _| !in_flight.contains(id));
-        Some(self.schedule.records.values().cloned().collect())
+        Some(())
     }
 
     /// One look at the queue: dispatches what is due, returns when the next message falls due.
     async fn pass(&mut self) -> Option<SystemTime> {
-        let records = self.queued().await?;
-        let held_for = self.hold_reason(!records.is_empty()).await;
+        self.refresh().await?;
+        let held_for = self.hold_reason(!self.schedule.records.is_empty()).await;
+        let (steps, next_due) = self.plan_pass(held_for.as_deref());
+        for step in steps {
+            match step {
+                Step::Dispatch(record) => self.dispatch(record),
+                Step::Rewrite(record) => self.reschedule(record).await,
+            }
+        }
+        next_due
+    }
+
+    /// What this pass does, read from the schedule without copying it: only the records that
+    /// change are cloned (a queue of thousands is looked at on every event), and no more are
+    /// dispatched than there are free workers: the next to finish reports back, and the pass
+    /// after its report goes on.
+    fn plan_pass(&self, held_for: Option<&str>) -> (Vec<Step>, Option<SystemTime>) {
         let now = self.worker.clock.now();
         let max_age = self.worker.policy.max_age;
+        let mut free = WORKERS.saturating_sub(self.in_flight.len());
+        let mut steps = Vec::new();
         let mut next_due: Option<SystemTime> = None;
-        for record in records {
-            match (record.state, &held_for) {
-                (State::Held, None) => self.dispatch(release(record, now)),
+        let mut dispatch = |record: Record, steps: &mut Vec<Step>| {
+            if free > 0 {
+                free -= 1;
+                steps.push(Step::Dispatch(record));
+            }
+        };
+        for record in self.schedule.records.values() {
+            match (record.state, held_for) {
+                (State::Held, None) => dispatch(release(record.clone(), now), &mut steps),
                 (State::Held, Some(_)) | (State::Failed, _) => {}
-                (State::Pending, Some(reason)) => self.reschedule(hold(record, reason)).await,
-                (State::Pending, None) if expired(&record, now, max_age) => {
-                    self.reschedule(expire(record, now)).await
+                (State::Pending, Some(reason)) => {
+                    steps.push(Step::Rewrite(hold(record.clone(), reason)))
                 }
-                (State::Pending, None) if record.next_attempt <= now => self.dispatch(record),
+                (State::Pending, None) if expired(record, now, max_age) => {
+                    steps.push(Step::Rewrite(expire(record.clone(), now)))
+                }
+                (State::Pending, None) if record.next_attempt <= now => {
+                    dispatch(record.clone(), &mut steps)
+                }
                 (State::Pending, None) => {
                     next_due =
                         Some(next_due.map_or(record.next_attempt, |n| n.min(record.next_attempt)))
                 }
             }
         }
-        next_due
+        (steps, next_due)
     }
 
     /// Writes a changed record and keeps the schedule in step with it.
@@ -313,12 +349,8 @@ impl QueueManager {
         (!usable).then(|| tokens.status().reason)
     }
 
-    /// Hands `record` to a delivery task, unless all `WORKERS` are busy (the next one to finish
-    /// reports back, and the pass after that tries again).
+    /// Hands `record` to a delivery task; `plan_pass` saw to it that a worker is free.
     fn dispatch(&mut self, record: Record) {
-        if self.in_flight.len() >= WORKERS {
-            return;
-        }
         let id = record.id.clone();
         self.in_flight.insert(id.clone());
         self.schedule.records.remove(&id);
